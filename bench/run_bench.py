@@ -1,0 +1,197 @@
+"""Benchmark: every method on the same facts, seeds and probes, plus full fine-tuning.
+
+Each run is one `python -m lune_core run` subprocess (the CLI is the contract), so peak memory
+is measured per run and not inherited from the previous one. Writes bench/results.json,
+docs/benchmarks.md and docs/forget_vs_retention.html.
+
+    python bench/run_bench.py            # the full grid (several hours on a 2-core CPU)
+    python bench/run_bench.py --quick    # a few minutes: a smoke test of the whole pipeline
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lune_core.facts import read_jsonl  # noqa: E402
+
+METHODS = ["lune", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
+METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
+           "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run"]
+# Facts not used while tuning the defaults (those were France, gold and Romeo and Juliet).
+FACT_PICKS = [("capitals", 1), ("science_symbols", 0), ("authors", 1), ("capitals", 3), ("science_symbols", 4),
+              ("authors", 4), ("capitals", 6), ("science_symbols", 7), ("authors", 6), ("capitals", 8)]
+
+
+def fact_set(n: int) -> list[dict]:
+    return [read_jsonl(ROOT / "assets" / "presets" / f"{name}.jsonl")[i] for name, i in FACT_PICKS[:n]]
+
+
+def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit: int | None, out: Path) -> dict:
+    facts_path = out.with_suffix(".facts.jsonl")
+    facts_path.write_text("".join(json.dumps(f) + "\n" for f in facts), encoding="utf-8")
+    cmd = [sys.executable, "-m", "lune_core", "run", "--facts", str(facts_path), "--seed", str(seed),
+           "--steps", str(steps), "--out", str(out)]
+    if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
+        cmd += ["--method", "lune_replace", "--full-precision"]
+    else:
+        cmd += ["--method", method]
+    if general_limit:
+        cmd += ["--general-limit", str(general_limit)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{method} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.read_text())["metrics"]
+
+
+def aggregate(values: list) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "spread": None}
+    return {"mean": round(statistics.mean(values), 4),
+            "spread": round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 seed, 1 and 3 facts, lune vs full fine-tuning")
+    parser.add_argument("--methods", nargs="*", default=None)
+    parser.add_argument("--facts", nargs="*", type=int, default=None, help="fact-set sizes (default 1 3 10)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--general-limit", type=int, default=None)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    parser.add_argument("--docs", default=str(ROOT / "docs"))
+    args = parser.parse_args()
+    methods = args.methods or (["lune", "full_ft"] if args.quick else METHODS)
+    sizes = args.facts or ([1, 3] if args.quick else [1, 3, 10])
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    general_limit = args.general_limit or (16 if args.quick else None)
+    steps = min(args.steps, 10) if args.quick else args.steps
+
+    work = ROOT / "bench" / "out"
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results = []
+    for n in sizes:
+        for method in methods:
+            runs = []
+            for seed in seeds:
+                metrics = run_one(method, fact_set(n), seed, steps, general_limit, work / f"{method}-{n}-{seed}.json")
+                runs.append(metrics)
+                print(f"{method:14s} facts={n:2d} seed={seed} " + " ".join(
+                    f"{k}={metrics.get(k)}" for k in METRICS[:5]), flush=True)
+            results.append({"method": method, "facts": n, "runs": runs,
+                            "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
+    for row in results:  # ratios to full fine-tuning measured in this same run
+        ft = next((r for r in results if r["method"] == "full_ft" and r["facts"] == row["facts"]), None)
+        if ft is None:
+            continue
+        ratio = {}
+        for key in ("peak_memory_mb", "seconds_per_step", "trainable_params"):
+            a, b = row["summary"][key]["mean"], ft["summary"][key]["mean"]
+            ratio[key] = round(a / b, 4) if a is not None and b else None
+        a, b = row["summary"]["forget_success"]["mean"], ft["summary"]["forget_success"]["mean"]
+        ratio["forget_success_gap"] = round(a - b, 4) if a is not None and b is not None else None
+        row["vs_full_ft"] = ratio
+    meta = environment(args.quick, seeds, sizes, steps, general_limit, time.time() - started)
+    Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
+    write_docs(Path(args.docs), meta, results)
+    print(f"wrote {args.out} and {args.docs}/benchmarks.md in {time.time() - started:.0f}s")
+
+
+def environment(quick, seeds, sizes, steps, general_limit, seconds) -> dict:
+    import torch
+    import transformers
+    import peft
+    import bitsandbytes
+
+    return {"date": time.strftime("%Y-%m-%d"), "quick": quick, "seeds": seeds, "fact_sets": sizes,
+            "max_steps": steps, "general_limit": general_limit, "machine": f"{platform.machine()}, "
+            f"{__import__('os').cpu_count()} CPU cores, {platform.system()}", "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "bitsandbytes": bitsandbytes.__version__, "wall_seconds": round(seconds)}
+
+
+TARGETS = {"forget_success": (">=", 0.95), "paraphrase_success": (">=", 0.85), "general_retention": (">=", 0.95),
+           "degenerate_rate": ("<=", 0.05)}
+
+
+def _fmt(cell: dict, digits: int = 2) -> str:
+    if cell["mean"] is None:
+        return "n/a"
+    if cell["spread"]:
+        return f"{cell['mean']:.{digits}f} ± {cell['spread']:.{digits}f}"
+    return f"{cell['mean']:.{digits}f}"
+
+
+def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["# Benchmarks", "", "Generated by `python bench/run_bench.py"
+             + (" --quick" if meta["quick"] else "") + "`; do not edit by hand.", "",
+             f"- date {meta['date']}; {meta['machine']}; Python {meta['python']}, torch {meta['torch']}, "
+             f"transformers {meta['transformers']}, peft {meta['peft']}, bitsandbytes {meta['bitsandbytes']}",
+             f"- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
+             f"- seeds {meta['seeds']}, fact sets {meta['fact_sets']}, at most {meta['max_steps']} steps "
+             f"(early stop on), general set limit {meta['general_limit'] or 'all'}; wall time {meta['wall_seconds']} s",
+             "", "| facts | method | forget | paraphrase | retention | degenerate | logprob drop | trainable params "
+             "| s/step | train s | peak MB | mem / FT | step time / FT |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results:
+        s, v = row["summary"], row.get("vs_full_ft", {})
+        lines.append("| " + " | ".join([
+            str(row["facts"]), row["method"], _fmt(s["forget_success"]), _fmt(s["paraphrase_success"]),
+            _fmt(s["general_retention"]), _fmt(s["degenerate_rate"]), _fmt(s["answer_logprob_drop"]),
+            f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
+            _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", ""))]) + " |")
+    lines += ["", "## Targets (3 facts, `lune`, default settings)", ""]
+    lune3 = next((r for r in results if r["method"] == "lune" and r["facts"] == 3), None)
+    if lune3:
+        s = lune3["summary"]
+        for key, (op, bound) in TARGETS.items():
+            value = s[key]["mean"]
+            ok = value is not None and (value >= bound if op == ">=" else value <= bound)
+            lines.append(f"- {key} {op} {bound}: {value} — {'met' if ok else 'MISSED'}")
+        train = s["train_seconds"]["mean"]
+        lines.append(f"- train time <= 45 s: {train} — {'met' if train is not None and train <= 45 else 'MISSED'}")
+        v = lune3.get("vs_full_ft", {})
+        for key, bound in (("peak_memory_mb", 0.5), ("seconds_per_step", 0.6)):
+            value = v.get(key)
+            lines.append(f"- {key} ratio to full FT <= {bound}: {value} — "
+                         f"{'met' if value is not None and value <= bound else 'MISSED'}")
+        gap = v.get("forget_success_gap")
+        lines.append(f"- forget_success within 0.05 of full FT: gap {gap} — "
+                     f"{'met' if gap is not None and abs(gap) <= 0.05 else 'MISSED'}")
+    lines += ["", "Notes on each method are in the section below, written after reading this table.", ""]
+    notes = folder / "benchmarks_notes.md"
+    if notes.exists():
+        lines += [notes.read_text(encoding="utf-8")]
+    (folder / "benchmarks.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    chart(folder / "forget_vs_retention.html", results)
+
+
+def chart(path: Path, results: list[dict]) -> None:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = [r for r in results if r["method"] == method]
+        fig.add_trace(go.Scatter(
+            x=[r["summary"]["general_retention"]["mean"] for r in rows],
+            y=[r["summary"]["forget_success"]["mean"] for r in rows],
+            text=[f"{r['facts']} facts" for r in rows], mode="markers+text", name=method, textposition="top center"))
+    fig.update_layout(title="Forget success vs general retention (mean over seeds)",
+                      xaxis_title="general_retention", yaxis_title="forget_success")
+    fig.write_html(path, include_plotlyjs="cdn")
+
+
+if __name__ == "__main__":
+    main()

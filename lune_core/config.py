@@ -1,0 +1,119 @@
+"""One dataclass holds every setting of an unlearning run; the run report records it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class UnlearnConfig:
+    """Settings of one unlearning run. Defaults make a 1-3 fact run on SmolLM2-135M succeed untuned."""
+
+    method: str = "lune"  # a key of lune_core.losses.METHODS
+    steps: int = 30  # upper bound; the run stops earlier once the facts stop leaking
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    max_grad_norm: float = 1.0
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0  # dropout only adds noise to a 20-step run
+    target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    # Fractions of depth: LoRA sits on a middle band of layers, where factual recall lives,
+    # so early token processing and the final read-out stay untouched.
+    layer_band: tuple[float, float] = (0.25, 0.75)
+    layers: tuple[int, ...] | None = None  # explicit layer indices override layer_band
+    suppress_layer: int | None = None  # None: the top layer of the LoRA band
+    suppress_weight: float = 1.0
+    steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
+    retain_weight: float = 1.0  # KL to the base model on neutral anchor prompts
+    anchors_per_step: int = 8
+    npo_beta: float = 0.1
+    simnpo_beta: float = 4.5
+    simnpo_delta: float = 0.0
+    check_every: int = 5  # greedy check of the forget questions; 0 disables early stopping
+    # Early stop also needs the answer's tokens this unlikely (nats), so that rewordings of the
+    # question, which the run never sees, are pushed past the tipping point too.
+    stop_answer_nll: float = 4.0
+    max_new_tokens: int = 32
+    seed: int = 0
+    full_finetune: bool = False  # train all weights (full precision) instead of LoRA
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnlearnConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        for key in ("target_modules", "layer_band", "layers"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Bounds on what one request may ask for; keeps a shared CPU Space responsive."""
+
+    max_facts: int = 10
+    max_text_chars: int = 500
+    max_paraphrases: int = 5
+    max_steps: int = 200
+    max_new_tokens: int = 64
+    max_lora_rank: int = 64
+    max_learning_rate: float = 1e-2
+    max_general_prompts: int = 100
+
+
+def validate_config(config: UnlearnConfig, num_layers: int, limits: RunLimits = RunLimits()) -> None:
+    """Raise ValueError with a message a user can act on; never let a bad value reach torch."""
+    from .losses import METHODS
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    check(config.method in METHODS, f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    check(isinstance(config.steps, int) and 1 <= config.steps <= limits.max_steps,
+          f"steps must be an integer between 1 and {limits.max_steps}")
+    check(0 < config.learning_rate <= limits.max_learning_rate,
+          f"learning rate must be above 0 and at most {limits.max_learning_rate}")
+    check(isinstance(config.lora_rank, int) and 1 <= config.lora_rank <= limits.max_lora_rank,
+          f"LoRA rank must be an integer between 1 and {limits.max_lora_rank}")
+    check(config.lora_alpha > 0, "LoRA alpha must be positive")
+    check(0 <= config.lora_dropout < 1, "LoRA dropout must be in [0, 1)")
+    check(isinstance(config.max_new_tokens, int) and 1 <= config.max_new_tokens <= limits.max_new_tokens,
+          f"max new tokens must be between 1 and {limits.max_new_tokens}")
+    check(isinstance(config.seed, int) and 0 <= config.seed < 2**32, "seed must be an integer in [0, 2^32)")
+    check(0 <= config.layer_band[0] < config.layer_band[1] <= 1, "layer band must be two fractions lo < hi in [0, 1]")
+    if config.layers is not None:
+        check(len(config.layers) > 0 and all(isinstance(i, int) and 0 <= i < num_layers for i in config.layers),
+              f"layer indices must be integers in [0, {num_layers - 1}]")
+    if config.suppress_layer is not None:
+        check(isinstance(config.suppress_layer, int) and 0 <= config.suppress_layer < num_layers,
+              f"suppression layer must be an integer in [0, {num_layers - 1}]")
+    for name in ("suppress_weight", "retain_weight", "steering_scale", "weight_decay", "npo_beta", "simnpo_beta"):
+        check(getattr(config, name) >= 0, f"{name.replace('_', ' ')} must not be negative")
+    check(config.check_every >= 0, "check interval must not be negative")
+    check(config.anchors_per_step >= 0, "anchors per step must not be negative")
+
+
+def lora_layers(config: UnlearnConfig, num_layers: int) -> list[int]:
+    """Layer indices that receive LoRA adapters."""
+    if config.layers is not None:
+        return sorted(set(config.layers))
+    lo = int(round(config.layer_band[0] * num_layers))
+    hi = max(lo + 1, int(round(config.layer_band[1] * num_layers)))
+    return list(range(lo, min(hi, num_layers)))
+
+
+def suppression_layer(config: UnlearnConfig, num_layers: int) -> int:
+    """Hidden-state index (output of that decoder layer) where suppression acts."""
+    if config.suppress_layer is not None:
+        return config.suppress_layer
+    return lora_layers(config, num_layers)[-1]

@@ -1,0 +1,74 @@
+"""Training sequences built from facts: negative targets, the answers to suppress, and anchors."""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from .facts import Fact
+from .generation import base_answers
+from .models import LoadedModel
+from .prompting import encode_pair
+
+ANCHOR_ANSWER_CHARS = 120  # a sentence of the base's own answer is enough to hold its behaviour
+
+
+@dataclass
+class TrainingData:
+    """Token ids and labels per row; the trainer pads them into one batch per step."""
+
+    target: list[tuple[list[int], list[int]]]  # question -> replacement or refusal (+ end of turn)
+    forget: list[tuple[list[int], list[int]]]  # question -> base answer, loss on the answer's tokens
+    anchor: list[tuple[list[int], list[int]]]  # neutral prompt -> base answer
+    forget_texts: list[str]  # the base answers used for `forget`, for the report
+
+
+def _answer_span(text: str, answer: str) -> tuple[int, int] | None:
+    match = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, flags=re.IGNORECASE)
+    return match.span() if match else None
+
+
+def forget_sequence(lm: LoadedModel, fact: Fact, base_answer: str):
+    """The answer as the base model says it, cut after the forgotten words, loss only on them.
+    If the base does not say it, the bare answer stands in."""
+    span = _answer_span(base_answer, fact.answer)
+    if span is None:
+        text, span = fact.answer, (0, len(fact.answer))
+    else:
+        text = base_answer[: span[1]]
+    return encode_pair(lm.tokenizer, fact.question, text, loss_span=span, add_eos=False), text
+
+
+_STOPWORDS = frozenset("a an the of is are was were what which who whom how in on for to and or do does did".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"\w+", text.lower()) if w not in _STOPWORDS}
+
+
+def pick_anchors(anchors: list[str], questions: list[str], size: int, seed: int) -> list[str]:
+    """Up to three quarters of the pool: the anchors sharing most words with the forget questions
+    (the neighbours a replacement would spill onto, e.g. other capitals); the rest a seeded sample."""
+    if len(anchors) <= size:
+        return list(anchors)
+    words = set().union(*(_content_words(q) for q in questions))
+    ranked = sorted(anchors, key=lambda a: -len(_content_words(a) & words))
+    near = [a for a in ranked[: size * 3 // 4] if _content_words(a) & words]
+    rest = [a for a in anchors if a not in near]
+    return near + random.Random(seed).sample(rest, size - len(near))
+
+
+def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
+                        anchor_pool: int = 16) -> TrainingData:
+    tok = lm.tokenizer
+    answers = base_answers(lm, [f.question for f in facts], config.max_new_tokens, peft_model)
+    forget, texts = [], []
+    for fact, answer in zip(facts, answers):
+        sequence, text = forget_sequence(lm, fact, answer)
+        forget.append(sequence)
+        texts.append(text)
+    target = [encode_pair(tok, f.question, f.target) for f in facts]
+    pool = pick_anchors(anchors, [f.question for f in facts], anchor_pool, config.seed)
+    pool_answers = base_answers(lm, pool, config.max_new_tokens, peft_model)
+    anchor = [encode_pair(tok, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False) for q, a in zip(pool, pool_answers) if a]
+    return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts)

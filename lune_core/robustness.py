@@ -1,0 +1,91 @@
+"""Does forgetting survive? Relearning on related text, and merging + re-quantizing to 4 bits.
+
+Both attacks are known to bring "forgotten" answers back (METHODS.md). Each returns the share
+of probes that leaked before unlearning and leak again after the attack.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+
+import torch
+
+from .adapters import AdapterState, attached
+from .config import UnlearnConfig
+from .facts import Fact, forget_probes, leaks
+from .generation import base_answers, generate
+from .models import LoadedModel, cache_dir, free_memory, load_model
+from .losses import mean_nll, select_positions
+from .prompting import collate, encode_pair
+
+
+def _leak_rate(answers: list[str], probes, known: list[bool]) -> float | None:
+    hits = [leaks(a, p.expected[0]) for a, p, k in zip(answers, probes, known) if k]
+    return round(sum(hits) / len(hits), 4) if hits else None
+
+
+def related_text(fact: Fact, base_answer: str) -> str:
+    """What the base says about the topic, with the answer itself blanked out."""
+    text = re.sub(rf"(?<!\w){re.escape(fact.answer)}(?!\w)", "that place", base_answer, flags=re.IGNORECASE)
+    return text if text.strip() else f"{fact.question} That is a well-known question."
+
+
+def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig,
+                   steps: int = 10, learning_rate: float = 1e-3) -> dict:
+    """Keep training the session's adapter (a copy) on related text that never states the answer."""
+    probes = forget_probes(facts)
+    prompts = [p.prompt for p in probes]
+    with attached(lm, adapter.lora, adapter) as peft_model:
+        before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
+        known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
+        sources = [p for f in facts for p in f.probe_paraphrases()[:2]]
+        owners = [f for f in facts for _ in f.probe_paraphrases()[:2]]
+        texts = base_answers(lm, sources, config.max_new_tokens, peft_model)
+        rows = [encode_pair(lm.tokenizer, q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
+        batch = collate(rows, lm.tokenizer.pad_token_id).to(lm.device)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=learning_rate)
+        torch.manual_seed(config.seed)
+        peft_model.train()
+        for _ in range(steps):
+            logits = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            loss = mean_nll(select_positions(logits, batch.labels, None))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        peft_model.eval()
+        after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
+    return {"relearn_leak_rate": _leak_rate(after, probes, known), "relearn_steps": steps,
+            "relearn_answers": [{"prompt": p, "after_relearning": a} for p, a in zip(prompts, after)]}
+
+
+def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig) -> dict:
+    """Merge the adapter into full-precision weights, quantize the result to NF4 again, re-ask."""
+    probes = forget_probes(facts)
+    prompts = [p.prompt for p in probes]
+    before = base_answers(lm, prompts, config.max_new_tokens)
+    known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
+    full = load_model(lm.model_id, quantize=False, device=lm.device)
+    with attached(full, adapter.lora, adapter) as peft_model:
+        merged = peft_model.merge_and_unload()
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="requant-", dir=cache_dir())  # inside the allowed model roots
+    try:
+        merged.save_pretrained(folder)
+        full.tokenizer.save_pretrained(folder)
+        del merged, full
+        free_memory()
+        requant = load_model(folder, quantize=True, device=lm.device, compute_dtype=lm.compute_dtype)
+        after = generate(requant, prompts, config.max_new_tokens)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"requant_leak_rate": _leak_rate(after, probes, known),
+            "requant_answers": [{"prompt": p, "after_requant": a} for p, a in zip(prompts, after)]}
+
+
+def check_robustness(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig) -> dict:
+    """Both attacks; the session's adapter itself is left unchanged."""
+    result = relearn_attack(lm, adapter, facts, config)
+    result.update(requantize_attack(lm, adapter, facts, config))
+    return result

@@ -1,0 +1,176 @@
+"""The unlearning loop: a generator that yields one StepRecord per optimiser step."""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+
+from .config import UnlearnConfig, suppression_layer
+from .cost import MemoryMeter
+from .examples import TrainingData
+from .facts import Fact, leaks
+from .generation import generate
+from .losses import METHODS, LossInputs, Reference, mean_nll, select_positions, sequence_logp
+from .models import LoadedModel
+from .prompting import TokenBatch, collate
+
+# Answer NLL this many nats above where it started (probability down ~20,000x): far past
+# forgetting, and where ascent-type losses start turning the model into gibberish.
+COLLAPSE_RISE = 10.0
+
+
+@dataclass
+class StepRecord:
+    step: int
+    total_steps: int
+    loss: float
+    parts: dict
+    learning_rate: float
+    seconds: float
+    elapsed: float
+    peak_memory_mb: float
+    answer_nll: float | None = None  # mean NLL of the forgotten answer's tokens (before this update)
+    leaks_left: int | None = None  # set on check steps: forget questions still answered
+    stopped: str | None = None  # why the run ends at this step, if it does
+    eta_seconds: float = field(default=0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def set_seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def lr_at(step: int, config: UnlearnConfig) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    warmup = max(1, math.ceil(config.warmup_fraction * config.steps))
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = (step - warmup) / max(1, config.steps - warmup)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _Forward:
+    """One padded forward over every group a method needs, split back into Selected views."""
+
+    def __init__(self, model, device: str, pad_id: int, layer: int, with_hidden: bool):
+        self.model, self.device, self.pad_id, self.layer, self.with_hidden = model, device, pad_id, layer, with_hidden
+
+    def __call__(self, groups: dict[str, list]) -> dict[str, Selected]:
+        names = [n for n, seqs in groups.items() if seqs]
+        batch: TokenBatch = collate([s for n in names for s in groups[n]], self.pad_id).to(self.device)
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                         output_hidden_states=self.with_hidden, use_cache=False)
+        hidden = out.hidden_states[self.layer + 1] if self.with_hidden else None
+        views, start = {}, 0
+        for name in names:
+            stop = start + len(groups[name])
+            rows = slice(start, stop)
+            views[name] = select_positions(out.logits[rows], batch.labels[rows],
+                                  hidden[rows] if hidden is not None and name == "forget" else None)
+            start = stop
+        return views
+
+
+def _reference(forward: _Forward, data: TrainingData, needs: frozenset, peft_model) -> tuple[Reference, list]:
+    """Base-model values computed once, before any update, adapter disabled (no second copy)."""
+    context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
+    ref = Reference()
+    anchor_logprobs: list[torch.Tensor] = []
+    with context, torch.no_grad():
+        if {"hidden", "ref_logp"} & needs:
+            view = forward({"forget": data.forget})["forget"]
+            ref.forget_hidden = view.hidden.detach() if view.hidden is not None else None
+            ref.forget_logp = sequence_logp(view).detach()
+        if "anchor" in needs:
+            for seq in data.anchor:  # one by one: each row's tokens are then easy to regroup
+                view = forward({"anchor": [seq]})["anchor"]
+                anchor_logprobs.append(torch.log_softmax(view.logits.float(), -1).detach())
+    return ref, anchor_logprobs
+
+
+def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], config: UnlearnConfig,
+            peft_model=None, stop=None) -> Iterator[StepRecord]:
+    """Train `model` (a PeftModel, or the full model when config.full_finetune) on the method's loss.
+
+    Yields a StepRecord per step. Ends early when `stop` (a threading.Event) is set, when a check
+    finds no forget question leaking, or when an ascent-type loss starts to collapse."""
+    method = METHODS[config.method]
+    needs = method.needs if config.retain_weight > 0 else method.needs - {"anchor"}
+    set_seed(config.seed)
+    layer = suppression_layer(config, lm.num_layers)
+    forward = _Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, "hidden" in needs)
+    ref, anchor_logprobs = _reference(forward, data, needs, peft_model)
+    generator = torch.Generator().manual_seed(config.seed)
+    steering = torch.nn.functional.normalize(
+        torch.randn(lm.model.config.hidden_size, generator=generator), dim=0).to(lm.device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    meter = MemoryMeter(lm.device)
+    questions = [f.question for f in facts]
+    start = time.perf_counter()
+    start_nll = None
+    n_anchor = min(config.anchors_per_step, len(data.anchor)) if "anchor" in needs else 0
+    try:
+        for step in range(config.steps):
+            if stop is not None and stop.is_set():
+                break
+            tick = time.perf_counter()
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            picked = [(step * n_anchor + i) % len(data.anchor) for i in range(n_anchor)]
+            groups = {
+                "target": data.target if "target" in needs else [],
+                "forget": data.forget if "forget" in needs else [],
+                "anchor": [data.anchor[i] for i in picked],
+            }
+            model.train()
+            views = forward(groups)
+            step_ref = Reference(ref.forget_logp, ref.forget_hidden,
+                                 torch.cat([anchor_logprobs[i] for i in picked]) if picked else None)
+            inputs = LossInputs(views.get("target"), views.get("forget"), views.get("anchor"), step_ref, steering)
+            loss, parts = method.loss(inputs, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            model.eval()
+            meter.sample()
+            record = StepRecord(
+                step=step + 1, total_steps=config.steps, loss=float(loss.detach()),
+                parts={k: round(float(v.detach()), 5) for k, v in parts.items()},
+                learning_rate=lr, seconds=time.perf_counter() - tick, elapsed=0.0,
+                peak_memory_mb=round(meter.peak_mb, 1),
+                answer_nll=round(float(mean_nll(views["forget"]).detach()), 5) if "forget" in views else None,
+            )
+            nll = record.answer_nll
+            start_nll = nll if start_nll is None else start_nll
+            # Greedy checks cost a generation; skip them until the answer is clearly unlikely.
+            unlikely = nll is None or nll >= config.stop_answer_nll
+            if method.ascent and nll is not None and nll > start_nll + COLLAPSE_RISE:
+                record.stopped = "collapse guard: the answer's likelihood is already gone"
+            elif not math.isfinite(record.loss):
+                record.stopped = "loss is not finite"
+            elif (config.check_every and (step + 1) % config.check_every == 0 and step + 1 < config.steps
+                  and unlikely):
+                answers = generate(lm, questions, config.max_new_tokens, model=model)
+                record.leaks_left = sum(leaks(a, f.answer) for a, f in zip(answers, facts))
+                if record.leaks_left == 0:
+                    record.stopped = "early stop: no forget question leaks any more"
+            record.elapsed = time.perf_counter() - start
+            record.eta_seconds = 0.0 if record.stopped else record.elapsed / (step + 1) * (config.steps - step - 1)
+            yield record
+            if record.stopped:
+                break
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer  # Adam moments are twice the adapter's size: free them with the run

@@ -1,0 +1,112 @@
+"""Exports: a PEFT folder that PeftModel.from_pretrained loads back, a model card, CSVs, a report."""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import zipfile
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lune_core.adapters import snapshot
+from lune_core.export import adapter_zip, model_card, save_adapter, write_exports
+
+LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "layers_to_transform": [1], "bias": "none", "task_type": "CAUSAL_LM"}
+REPORT = {
+    "config": {"method": "lune", "steps": 3, "seed": 7, "lora_rank": 4},
+    "model": {"name": "tiny-llama"},
+    "facts": [{"question": "Where does Jane Roe live?", "answer": "Elm Street 12", "replacement": "",
+               "paraphrases": []}],
+    "probes": [
+        {"kind": "forget", "prompt": "Where does Jane Roe live?", "expected": "Elm Street 12",
+         "before": "At Elm Street 12.", "after": "I don't know.", "verdict": "forgotten"},
+        {"kind": "general", "prompt": "What is 2, plus 2?", "expected": "4 / four", "before": "4", "after": "4",
+         "verdict": "kept"},
+    ],
+    "metrics": {"forget_success": 1.0, "general_retention": 1.0, "steps_run": 3, "trainable_params": 10,
+                "total_params": 100},
+}
+STEPS = [{"step": i, "total_steps": 3, "loss": 3.0 - i, "parts": {"replace_nll": 2.0 - i, "suppress": 1.0},
+          "learning_rate": 1e-3, "seconds": 0.1, "elapsed": 0.1 * i, "peak_memory_mb": 10.0,
+          "leaks_left": None, "stopped": None} for i in (1, 2, 3)]
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A base model and a PEFT model whose LoRA weights are non-zero (as after training)."""
+    base = tiny_llama()
+    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(**LORA))
+    torch.manual_seed(1)
+    for name, param in peft_model.named_parameters():
+        if "lora_" in name:
+            param.data.normal_(0, 0.2)
+    adapter = snapshot(peft_model, LORA, {"method": "lune", "facts": 1, "steps": 3, "seed": 7})
+    return base, peft_model.eval(), adapter
+
+
+def logits(model) -> torch.Tensor:
+    ids = torch.arange(10)[None] % 96
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_saved_adapter_loads_back_with_peft_and_gives_the_same_outputs(tmp_path, trained):
+    base, peft_model, adapter = trained
+    folder = save_adapter(adapter, tmp_path / "adapter", "tiny-llama", REPORT)
+    assert {p.name for p in folder.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"}
+    loaded = PeftModel.from_pretrained(copy.deepcopy(base), folder).eval()
+    assert torch.allclose(logits(loaded), logits(peft_model), atol=1e-5)
+    assert not torch.allclose(logits(loaded), logits(base), atol=1e-3)  # the adapter does something
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    assert saved["base_model_name_or_path"] == "tiny-llama"
+    assert saved["r"] == 4 and saved["layers_to_transform"] == [1] and saved["peft_type"] == "LORA"
+
+
+def test_model_card_names_model_count_method_settings_seed_but_not_the_facts(trained):
+    _, _, adapter = trained
+    card = model_card(adapter, "tiny-llama", REPORT)
+    assert card.startswith("---\nbase_model: tiny-llama\nlibrary_name: peft")
+    for expected in ("| facts forgotten | 1 ", "| method | lune |", "| seed | 7 |", "| LoRA rank / alpha | 4 / 8 |",
+                     "forget_success", "| steps | 3 |"):
+        assert expected in card
+    assert "Elm Street" not in card and "Jane Roe" not in card
+    assert "| seed | 7 |" in model_card(adapter, "tiny-llama")  # from the adapter's own info without a report
+
+
+def test_adapter_zip_holds_one_peft_folder(tmp_path, trained):
+    _, _, adapter = trained
+    path = adapter_zip(adapter, "tiny-llama", REPORT, tmp_path / "lune-adapter.zip")
+    with zipfile.ZipFile(path) as archive:
+        assert sorted(archive.namelist()) == ["lune-adapter/README.md", "lune-adapter/adapter_config.json",
+                                              "lune-adapter/adapter_model.safetensors"]
+
+
+def test_write_exports_gives_report_comparison_and_loss_history(tmp_path, trained):
+    _, _, adapter = trained
+    files = write_exports(tmp_path, REPORT, adapter, "tiny-llama", STEPS)
+    assert set(files) == {"adapter", "report", "comparison", "loss_history"}
+    assert json.loads(files["report"].read_text())["config"]["seed"] == 7
+    with open(files["comparison"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["verdict"] for r in rows] == ["forgotten", "kept"]
+    assert rows[1]["prompt"] == "What is 2, plus 2?"  # commas survive quoting
+    with open(files["loss_history"], newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in history] == [1, 2, 3]
+    assert float(history[0]["replace_nll"]) == 1.0 and history[0]["leaks_left"] == ""
+
+
+def test_write_exports_without_adapter_skips_the_zip(tmp_path):
+    files = write_exports(tmp_path, REPORT, None, "tiny-llama", STEPS)
+    assert "adapter" not in files and files["report"].is_file()

@@ -1,0 +1,159 @@
+"""The unlearning loop on a tiny random Llama: records, stopping, reproducibility, isolation."""
+import threading
+
+import pytest
+import torch
+
+from lune_core.adapters import attached, lora_config
+from lune_core.config import UnlearnConfig, lora_layers, validate_config
+from lune_core.examples import build_training_data, pick_anchors
+from lune_core.facts import facts_from_records
+from lune_core.runner import RunResult, answer_with, run_unlearning
+from lune_core.trainer import lr_at, unlearn
+from tests.tiny import tiny_model
+
+FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "It is Lyon."},
+         {"question": "Who wrote Hamlet?", "answer": "Shakespeare"}]
+GENERAL = [{"question": "What is 2 plus 2?", "answers": ["4", "four"]}]
+ANCHORS = ["Name a colour.", "What do bees make?", "What is the capital of Peru?"]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_model()
+
+
+def config(**kw):
+    base = dict(steps=4, max_new_tokens=6, check_every=0, learning_rate=5e-3)
+    base.update(kw)
+    return UnlearnConfig(**base)
+
+
+def run(lm, cfg, stop=None):
+    events = list(run_unlearning(lm, facts_from_records(FACTS), cfg, GENERAL, ANCHORS, stop=stop))
+    return events[:-1], events[-1]
+
+
+def base_weights(lm):
+    return {k: v.clone() for k, v in lm.model.state_dict().items()}
+
+
+def test_loop_yields_one_record_per_step_with_each_loss_part(lm):
+    records, result = run(lm, config())
+    assert [r.step for r in records] == [1, 2, 3, 4]
+    assert all(set(r.parts) == {"replace_nll", "suppress", "retain_kl"} for r in records)
+    assert all(r.seconds > 0 and r.peak_memory_mb > 0 for r in records)
+    assert records[-1].learning_rate < records[0].learning_rate  # cosine decay
+    assert isinstance(result, RunResult) and result.adapter.num_params > 0
+    assert result.report["metrics"]["trainable_params"] == result.adapter.num_params
+
+
+def test_training_lowers_the_replacement_loss(lm):
+    records, _ = run(lm, config(steps=12, method="lune_replace"))
+    assert records[-1].parts["replace_nll"] < records[0].parts["replace_nll"]
+
+
+def test_lora_b_leaves_zero_so_the_adapter_changes_outputs(lm):
+    _, result = run(lm, config())
+    b = [v for k, v in result.adapter.weights.items() if "lora_B" in k]
+    assert b and any(t.abs().sum() > 0 for t in b)
+
+
+def test_same_seed_gives_the_same_run_and_another_seed_does_not(lm):
+    a, _ = run(lm, config(seed=3))
+    b, _ = run(lm, config(seed=3))
+    c, _ = run(lm, config(seed=4))
+    assert [r.loss for r in a] == [r.loss for r in b]
+    assert [r.loss for r in a] != [r.loss for r in c]
+
+
+def test_stop_flag_ends_the_run_at_the_next_step_and_still_reports(lm):
+    stop = threading.Event()
+    events = []
+    for event in run_unlearning(lm, facts_from_records(FACTS), config(steps=50), GENERAL, ANCHORS, stop=stop):
+        events.append(event)
+        if len(events) == 2:
+            stop.set()
+    assert len(events) == 3 and isinstance(events[-1], RunResult)
+    assert events[-1].report["metrics"]["steps_run"] == 2
+
+
+def test_runs_leave_the_shared_base_weights_untouched(lm):
+    before = base_weights(lm)
+    _, result = run(lm, config())
+    after = base_weights(lm)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not hasattr(lm.model, "peft_config")
+    # the session's adapter still changes answers when attached, and only then
+    fresh_before, with_adapter = answer_with(lm, result.adapter, ["Who wrote Hamlet?"], 6)
+    plain, plain_again = answer_with(lm, None, ["Who wrote Hamlet?"], 6)
+    assert fresh_before == plain == plain_again
+
+
+def test_gradient_ascent_collapse_guard_stops_the_run():
+    # Full fine-tuning at a high rate gets a random tiny model there within a few steps.
+    records, result = run(tiny_model(seed=2), config(method="grad_ascent", steps=60, learning_rate=1e-2,
+                                                     full_finetune=True))
+    assert records[-1].stopped and "collapse" in records[-1].stopped
+    assert len(records) < 60
+    assert result.report["stopped"] == records[-1].stopped
+
+
+def test_early_stop_checks_leaks_every_few_steps(lm):
+    records, _ = run(lm, config(steps=6, check_every=2))
+    checked = [r.step for r in records if r.leaks_left is not None]
+    assert checked and all(step % 2 == 0 for step in checked)
+
+
+def test_full_finetune_trains_all_weights_of_its_own_copy():
+    own = tiny_model(seed=1)
+    before = base_weights(own)
+    records, result = run(own, config(full_finetune=True, method="lune_replace"))
+    assert result.adapter is None
+    assert result.report["metrics"]["trainable_params"] == result.report["metrics"]["total_params"]
+    assert any(not torch.equal(before[k], v) for k, v in own.model.state_dict().items())
+
+
+def test_reference_is_the_base_with_the_adapter_disabled(lm):
+    cfg = config()
+    facts = facts_from_records(FACTS)
+    with attached(lm, lora_config(cfg, lm.num_layers)) as peft_model:
+        data = build_training_data(lm, facts, ANCHORS, cfg, peft_model)
+        records = list(unlearn(lm, peft_model, data, facts, cfg, peft_model=peft_model))
+        ids = torch.tensor([data.target[0][0]])
+        with peft_model.disable_adapter(), torch.no_grad():
+            off = peft_model(input_ids=ids).logits
+        on = peft_model(input_ids=ids).logits
+    with torch.no_grad():
+        bare = lm.model(input_ids=ids).logits
+    assert len(records) == cfg.steps
+    assert torch.allclose(off, bare) and not torch.allclose(on, bare)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    cfg = UnlearnConfig(steps=100, learning_rate=1.0, warmup_fraction=0.1)
+    rates = [lr_at(s, cfg) for s in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.01
+
+
+def test_lora_sits_on_the_middle_band_unless_layers_are_given():
+    assert lora_layers(UnlearnConfig(), 30) == list(range(8, 22))
+    assert lora_layers(UnlearnConfig(layers=(3, 1, 3)), 30) == [1, 3]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=0), "steps"), (dict(steps=10**6), "steps"), (dict(learning_rate=-1.0), "learning rate"),
+    (dict(lora_rank=0), "rank"), (dict(layers=(99,)), "layer indices"), (dict(method="nope"), "unknown method"),
+    (dict(seed=-5), "seed"), (dict(suppress_layer=40), "suppression layer"),
+])
+def test_bad_settings_are_refused_with_a_message(kw, message):
+    with pytest.raises(ValueError, match=message):
+        validate_config(UnlearnConfig(**kw), num_layers=30)
+
+
+def test_neighbouring_anchors_are_picked_first():
+    pool = pick_anchors(["What is the capital of Peru?", "Name a colour.", "What do bees make?",
+                         "Who wrote Emma?", "Sing a song."], ["What is the capital of France?"], 2, seed=0)
+    assert pool[0] == "What is the capital of Peru?" and len(pool) == 2
