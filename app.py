@@ -18,6 +18,7 @@ from lune_core.deploy import running_on_spaces
 from lune_core.losses import METHODS
 from lune_core.models import EMBEDDED_MODEL
 
+QUANTIZATION = {"nf4": "4-bit NF4", "none": "none (full precision)"}
 MODEL_QUEUE = "model"  # training and generation share the weights: one job at a time, in order
 LIMITS = S.LIMITS
 DEFAULTS = UnlearnConfig()
@@ -91,9 +92,9 @@ def guarded_stream(outputs: int, status_at: int = 0):
 def model_markdown(info: dict) -> str:
     reuse = "already loaded, shared with every visitor" if info["reused"] else f"loaded in {info['load_seconds']} s"
     return (f"**{text(info['name'])}** — {reuse}  \n"
-            f"device **{info['device']}** · quantization **{'4-bit NF4' if info['quantization'] == 'nf4' else 'none'}**"
-            f" · compute {info['compute_dtype']} · **{info['total_params'] / 1e6:.1f} M** parameters"
-            f" (stored) · {info['num_layers']} layers · weights **{info['memory_mb']:.0f} MB**")
+            f"device **{info['device']}** · quantization **{QUANTIZATION[info['quantization']]}**"
+            f" · compute {info['compute_dtype']} · **{info['parameters'] / 1e6:.1f} M** parameters"
+            f" · {info['num_layers']} layers · weights in memory **{info['memory_mb']:.0f} MB**")
 
 
 def loss_figure(steps: list[dict], total_steps: int | None = None) -> go.Figure:
@@ -150,8 +151,8 @@ def finished_markdown(report: dict) -> str:
 
 def comparison_frame(rows: list[dict]):
     frame = pd.DataFrame(
-        [[r["kind"], r["prompt"], r["expected"], r["before"], r["after"], VERDICTS.get(r["verdict"], (r["verdict"],))[0]]
-         for r in rows],
+        [[r["kind"], r["prompt"], r["expected"], r["before"], r["after"],
+          VERDICTS.get(r["verdict"], (r["verdict"],))[0]] for r in rows],
         columns=["kind", "prompt", "answer checked", "before", "after", "verdict"])
     if frame.empty:
         return frame
@@ -208,10 +209,16 @@ def on_load_model(state: S.Session, model_id: str, quantize: bool, progress=gr.P
 
 
 @guarded(outputs=3, status_at=2)
-def on_preset(preset_id: str):
-    entry = next((p for p in S.presets() if p["id"] == preset_id), None)
-    rows = S.preset_rows(preset_id)
-    return rows, text(entry["description"]) if entry else "", f"Loaded {len(rows)} facts from the preset."
+def on_preset(preset_id: str, count):
+    entry = next((p for p in S.presets() if p["id"] == preset_id), {})
+    all_rows = S.preset_rows(preset_id)
+    rows = all_rows[: max(1, int(count or 1))]
+    note = f"Loaded {len(rows)} of the preset's {len(all_rows)} facts (fewer facts, quicker runs)."
+    if entry.get("kind") == "taught":
+        note += (" The model has never heard of this invented person, so these rows will read *not known "
+                 "before*: a fact the model does not say cannot be forgotten (teaching it first is not in this "
+                 "version).")
+    return rows, text(entry.get("description", "")), note
 
 
 @guarded(outputs=2, status_at=1)
@@ -306,9 +313,10 @@ def on_robustness(state: S.Session):
     def pct(v):
         return "–" if v is None else f"{100 * v:.0f} %"
 
-    return (pd.DataFrame(result.get("rows", [])),
-            f"Leak rate after a little relearning: **{pct(result.get('relearn_leak_rate'))}** · "
-            f"after merging and re-quantizing: **{pct(result.get('requant_leak_rate'))}** (lower is better).")
+    return (pd.DataFrame(S.robustness_rows(result), columns=["prompt", "after_relearning", "after_requant"]),
+            f"Facts said again after {result.get('relearn_steps', 'a few')} steps of relearning on related text: "
+            f"**{pct(result.get('relearn_leak_rate'))}** · after merging the adapter and re-quantizing to 4 bits: "
+            f"**{pct(result.get('requant_leak_rate'))}** (lower is better).")
 
 
 def on_unload(request: gr.Request):
@@ -361,18 +369,23 @@ Cost section shows this run's own numbers.
 ### A 10-minute lesson plan
 1. **(1 min) The problem.** Ask the class: how would you make a model forget one fact without
    retraining it? Point at the Facts section.
-2. **(2 min) What the model knows.** Pick the *fictional person* preset. The table on the right shows
-   the base model's answers: it knows the private details. Mention that the person is invented.
+2. **(2 min) What the model knows.** Pick the *Capital cities* preset (it takes two of its facts,
+   France and Japan, so the run stays short). The table below the facts shows the base model's
+   answers: it says Paris and Tokyo.
 3. **(3 min) Unlearn.** Click **Unlearn** with the defaults. While the plot moves, explain the loss
    parts (above) and that only the LoRA adapter is trained (Cost section: trainable vs total).
-4. **(2 min) Compare.** Read the table: forgotten facts, paraphrases, general questions kept. Ask a
-   paraphrase of your own in *Try your own prompt* — does it still leak?
+4. **(2 min) Compare.** Read the table: forgotten facts, paraphrases, general questions kept or
+   lost. Ask a paraphrase of your own in *Try your own prompt* — does it still leak? Does the model
+   now answer "Lyon", the replacement?
 5. **(1 min) What can go wrong.** Reset, switch the method to `grad_ascent`, raise the steps, run
    again and watch the general answers break.
 6. **(1 min) Wrap up.** Export the adapter: a few MB that change the model's behaviour, removable at
    will. Remind the class that the paper's numbers are its claims and how you would test them.
 
-The *outdated facts* and *trivia* presets work the same way for a second round or for homework.
+For a second round or homework: *Famous authors*, *Chemical symbols* (short answers such as "K" are
+hard to suppress without side effects) and *Outdated facts* (the replacement is the current answer,
+so unlearning becomes updating). *Fictional person* shows the other side: facts the model never
+knew cannot be forgotten, and the table says so.
 """
 
 
@@ -399,28 +412,27 @@ def build() -> gr.Blocks:
 
         # 2. Facts
         gr.Markdown("## 2 · Facts to forget", elem_classes="step-title")
+        with gr.Row(equal_height=True):
+            preset = gr.Dropdown([(p["title"], p["id"]) for p in S.presets()], value=None, scale=2,
+                                 label="Preset", info="themed sets checked against the embedded model")
+            preset_count = gr.Slider(1, LIMITS.max_facts, value=min(2, LIMITS.max_facts), step=1, scale=1,
+                                     label="Facts to take from it", elem_id="preset-count")
+            preset_info = gr.Markdown(elem_id="preset-info")
+        facts = gr.Dataframe(
+            value=pd.DataFrame([["", "", "", ""]], columns=S.FACT_COLUMNS), headers=S.FACT_COLUMNS, datatype="str",
+            interactive=True, wrap=True, column_count=4, label="Facts (editable)", elem_id="facts",
+            column_widths=["32%", "18%", "20%", "30%"], max_chars=LIMITS.max_text_chars)
+        with gr.Accordion("Or write sentences with the answer in [brackets]", open=False):
+            sentences = gr.Textbox(lines=3, max_length=LIMITS.max_text_chars * LIMITS.max_facts,
+                                   label="One per line", placeholder="The capital of France is [Paris].")
+            add_button = gr.Button("Add to the table")
         with gr.Row():
-            with gr.Column(scale=3):
-                with gr.Row():
-                    preset = gr.Dropdown([(p["title"], p["id"]) for p in S.presets()], value=None, scale=3,
-                                         label="Preset", info="themed sets checked against the embedded model")
-                    preset_button = gr.Button("Reload preset", scale=1, size="sm")
-                preset_info = gr.Markdown(elem_id="preset-info")
-                facts = gr.Dataframe(
-                    value=pd.DataFrame([["", "", "", ""]], columns=S.FACT_COLUMNS), headers=S.FACT_COLUMNS,
-                    datatype="str", interactive=True, wrap=True, column_count=4, label="Facts (editable)", elem_id="facts",
-                    column_widths=["32%", "18%", "20%", "30%"],
-                    max_chars=LIMITS.max_text_chars)
-                with gr.Accordion("Or write sentences with the answer in [brackets]", open=False):
-                    sentences = gr.Textbox(lines=3, max_length=LIMITS.max_text_chars * LIMITS.max_facts,
-                                           label="One per line", placeholder="The capital of France is [Paris].")
-                    add_button = gr.Button("Add to the table")
-            with gr.Column(scale=2):
-                base_table = gr.Dataframe(label="What the base model says now", elem_id="base-answers", interactive=False, wrap=True,
-                                          headers=["question", "answer to forget", "the model says now", "known?"])
-                with gr.Row():
-                    preview_button = gr.Button("Ask the base model", size="sm")
-                facts_status = gr.Markdown(elem_id="facts-status")
+            preview_button = gr.Button("Ask the base model about these facts", size="sm")
+            preset_button = gr.Button("Reload the preset", size="sm")
+        facts_status = gr.Markdown(elem_id="facts-status")
+        base_table = gr.Dataframe(label="What the base model says now", elem_id="base-answers", interactive=False,
+                                  wrap=True, column_widths=["28%", "14%", "46%", "12%"],
+                                  headers=["question", "answer to forget", "the model says now", "known?"])
 
         # 3. Unlearn
         gr.Markdown("## 3 · Unlearn", elem_classes="step-title")
@@ -434,7 +446,8 @@ def build() -> gr.Blocks:
                     lr = gr.Number(DEFAULTS.learning_rate, label="Learning rate", minimum=1e-6,
                                    maximum=LIMITS.max_learning_rate)
                     rank = gr.Slider(1, LIMITS.max_lora_rank, value=DEFAULTS.lora_rank, step=1, label="LoRA rank")
-                    layers = gr.Textbox(label="Layers with LoRA", placeholder="empty = the middle band; or 8-20, or 4,6,8")
+                    layers = gr.Textbox(label="Layers with LoRA",
+                                        placeholder="empty = the middle band; or 8-20, or 4,6,8")
                     seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed")
                     early_stop = gr.Checkbox(True, label="Stop early once no fact is said")
                     general_prompts = gr.Slider(0, LIMITS.max_general_prompts, step=1,
@@ -454,8 +467,9 @@ def build() -> gr.Blocks:
         # 4. Compare
         gr.Markdown("## 4 · Compare before and after", elem_classes="step-title")
         cards = gr.HTML(cards_html(None), elem_id="metric-cards")
-        compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare", label="Every question, "
-                               "before (adapter off) and after (adapter on)", max_height=520)
+        compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare",
+                               label="Every question, before (adapter off) and after (adapter on)", max_height=560,
+                               column_widths=["9%", "21%", "10%", "24%", "24%", "12%"])
         with gr.Accordion("Runs in this page", open=False):
             runs = gr.Dataframe(runs_frame([]), interactive=False, label="Past runs (kept until you leave)")
         with gr.Row():
@@ -496,7 +510,8 @@ def build() -> gr.Blocks:
         light = {"concurrency_limit": None}
         load_button.click(on_load_model, [state, model_id, quantize], model_info, api_name="load_model", **heavy)
         for trigger, api in ((preset.input, "use_preset"), (preset_button.click, "reload_preset")):
-            trigger(on_preset, preset, [facts, preset_info, facts_status], api_name=api, **light).success(
+            trigger(on_preset, [preset, preset_count], [facts, preset_info, facts_status], api_name=api,
+                    **light).success(
                 on_preview, [state, facts, max_new_tokens], [base_table, facts_status], api_visibility="private",
                 show_progress_on=[facts_status], **heavy)
         preview_button.click(on_preview, [state, facts, max_new_tokens], [base_table, facts_status],

@@ -139,7 +139,7 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              + (" --quick" if meta["quick"] else "") + "`; do not edit by hand.", "",
              f"- date {meta['date']}; {meta['machine']}; Python {meta['python']}, torch {meta['torch']}, "
              f"transformers {meta['transformers']}, peft {meta['peft']}, bitsandbytes {meta['bitsandbytes']}",
-             f"- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
+             "- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
              f"- seeds {meta['seeds']}, fact sets {meta['fact_sets']}, at most {meta['max_steps']} steps "
              f"(early stop on), general set limit {meta['general_limit'] or 'all'}; wall time {meta['wall_seconds']} s",
              "", "| facts | method | forget | paraphrase | retention | degenerate | logprob drop | trainable params "

@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .config import RunLimits, UnlearnConfig
+from .config import RunLimits, UnlearnConfig, validate_config
 from .facts import FactError, load_facts
 from .losses import METHODS
 from .models import EMBEDDED_MODEL, ModelLoadError
@@ -69,6 +69,7 @@ def cmd_run(args) -> int:
 
     limits = RunLimits()
     config = _config(args)
+    validate_config(config, limits=limits)  # before the model load, so mistakes cost nothing
     facts = load_facts(args.facts, limits)
     general = load_general(args.general, args.general_limit)
     out_dir = os.path.dirname(os.path.abspath(args.out))
@@ -94,11 +95,20 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _quiet_libraries() -> None:
+    # Progress bars and advice from transformers would bury the one line per step.
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
+        _quiet_libraries()
         args = build_parser().parse_args(argv)
         return cmd_run(args)
-    except (UsageError, FactError, ModelLoadError, ValueError, OSError) as err:
+    except (UsageError, FactError, ModelLoadError, ValueError, OSError, MemoryError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2

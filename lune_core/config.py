@@ -25,9 +25,9 @@ class UnlearnConfig:
     layer_band: tuple[float, float] = (0.25, 0.75)
     layers: tuple[int, ...] | None = None  # explicit layer indices override layer_band
     suppress_layer: int | None = None  # None: the top layer of the LoRA band
-    suppress_weight: float = 1.0
+    suppress_weight: float = 0.5
     steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
-    retain_weight: float = 1.0  # KL to the base model on neutral anchor prompts
+    retain_weight: float = 5.0  # KL to the base model on anchor prompts: what keeps the edit local
     anchors_per_step: int = 8
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
@@ -70,8 +70,9 @@ class RunLimits:
     max_general_prompts: int = 100
 
 
-def validate_config(config: UnlearnConfig, num_layers: int, limits: RunLimits = RunLimits()) -> None:
-    """Raise ValueError with a message a user can act on; never let a bad value reach torch."""
+def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits: RunLimits = RunLimits()) -> None:
+    """Raise ValueError with a message a user can act on; never let a bad value reach torch.
+    Without num_layers (model not loaded yet) the layer indices are checked later."""
     from .losses import METHODS
 
     def check(ok: bool, message: str) -> None:
@@ -91,10 +92,10 @@ def validate_config(config: UnlearnConfig, num_layers: int, limits: RunLimits = 
           f"max new tokens must be between 1 and {limits.max_new_tokens}")
     check(isinstance(config.seed, int) and 0 <= config.seed < 2**32, "seed must be an integer in [0, 2^32)")
     check(0 <= config.layer_band[0] < config.layer_band[1] <= 1, "layer band must be two fractions lo < hi in [0, 1]")
-    if config.layers is not None:
+    if config.layers is not None and num_layers is not None:
         check(len(config.layers) > 0 and all(isinstance(i, int) and 0 <= i < num_layers for i in config.layers),
               f"layer indices must be integers in [0, {num_layers - 1}]")
-    if config.suppress_layer is not None:
+    if config.suppress_layer is not None and num_layers is not None:
         check(isinstance(config.suppress_layer, int) and 0 <= config.suppress_layer < num_layers,
               f"suppression layer must be an integer in [0, {num_layers - 1}]")
     for name in ("suppress_weight", "retain_weight", "steering_scale", "weight_decay", "npo_beta", "simnpo_beta"):

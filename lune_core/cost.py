@@ -41,3 +41,29 @@ class MemoryMeter:
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / 2**20
+
+
+def estimate_run_memory_mb(total_params: int, trainable_params: int, hidden: int, layers: int, vocab: int,
+                           batch_tokens: int) -> float:
+    """Rough upper estimate of what a run adds on top of the loaded weights: trainable weights,
+    gradients and two Adam moments (16 bytes each), activations kept for backward, and logits."""
+    del total_params  # already resident; kept in the signature so callers pass what they know
+    optimizer = trainable_params * 16
+    activations = batch_tokens * hidden * layers * 24 * 4
+    logits = batch_tokens * vocab * 4 * 3
+    return (optimizer + activations + logits) / 2**20
+
+
+def available_memory_mb(device: str) -> float:
+    if device == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return free / 2**20
+    return psutil.virtual_memory().available / 2**20
+
+
+def check_fits(needed_mb: float, device: str, headroom: float = 1.2) -> None:
+    """Refuse a run that would not fit, instead of letting it die with an out-of-memory error."""
+    available = available_memory_mb(device)
+    if needed_mb * headroom > available:
+        raise MemoryError(f"this run needs about {needed_mb:,.0f} MB but only {available:,.0f} MB are free on "
+                          f"{device}: use fewer facts, a smaller model or LoRA instead of full fine-tuning")

@@ -5,7 +5,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .facts import Fact
+from .facts import HEDGE, Fact
 from .generation import base_answers
 from .models import LoadedModel
 from .prompting import encode_pair
@@ -39,6 +39,21 @@ def forget_sequence(lm: LoadedModel, fact: Fact, base_answer: str):
     return encode_pair(lm.tokenizer, fact.question, text, loss_span=span, add_eos=False), text
 
 
+def negative_target(fact: Fact, base_answer: str) -> tuple[str, tuple[int, int] | None]:
+    """The negative answer and the span that carries loss.
+
+    A short replacement ("Lyon") or the hedge is spliced into the base model's own answer in place
+    of the forgotten words: "The capital of France is Lyon". Only the changed words carry loss, so
+    the model's style is untouched and the edit stays on this fact instead of teaching a new way
+    to answer every question of the kind. A full-sentence replacement is used as written."""
+    span = _answer_span(base_answer, fact.answer)
+    if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
+        return fact.target, None
+    prefix = base_answer[: span[0]]
+    text = prefix + (fact.replacement or HEDGE)
+    return text, (len(prefix), len(text))
+
+
 _STOPWORDS = frozenset("a an the of is are was were what which who whom how in on for to and or do does did".split())
 
 
@@ -67,7 +82,10 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
         sequence, text = forget_sequence(lm, fact, answer)
         forget.append(sequence)
         texts.append(text)
-    target = [encode_pair(tok, f.question, f.target) for f in facts]
+    target = []
+    for fact, answer in zip(facts, answers):
+        text, span = negative_target(fact, answer)
+        target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
     pool = pick_anchors(anchors, [f.question for f in facts], anchor_pool, config.seed)
     pool_answers = base_answers(lm, pool, config.max_new_tokens, peft_model)
     anchor = [encode_pair(tok, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False) for q, a in zip(pool, pool_answers) if a]

@@ -10,6 +10,7 @@ from pathlib import Path
 from .config import RunLimits
 
 DEFAULT_REFUSAL = "I don't know."
+HEDGE = "unknown to me"  # spliced into the model's own answer where the forgotten words were
 # Surface rewordings used only when a fact brings no paraphrases of its own.
 PARAPHRASE_TEMPLATES = (
     "Quick question: {q}",
@@ -29,6 +30,12 @@ class Fact:
     answer: str  # the string whose appearance in an answer counts as a leak
     replacement: str = ""  # what the model should say instead; empty means refuse
     paraphrases: list[str] = field(default_factory=list)
+
+    @property
+    def short_replacement(self) -> bool:
+        """A few words ("Lyon") rather than a sentence ("The capital of France is Lyon.")."""
+        text = self.replacement.strip()
+        return bool(text) and len(text.split()) <= 4 and not text.endswith((".", "!", "?"))
 
     @property
     def target(self) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
@@ -13,10 +12,10 @@ import torch
 from . import __version__
 from .adapters import AdapterState, attached, lora_config, snapshot
 from .config import UnlearnConfig, validate_config
-from .cost import count_params
+from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import answer_logprobs, compute_metrics, score_probes
 from .examples import build_training_data
-from .facts import Fact, Probe, forget_probes, general_probes, read_jsonl
+from .facts import Fact, forget_probes, general_probes, read_jsonl
 from .generation import base_answers, generate
 from .models import LoadedModel, free_memory
 from .trainer import StepRecord, unlearn
@@ -66,11 +65,21 @@ def _report(lm, config, facts, records, rows, logprob_drop, trainable, total, st
     }
 
 
+def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig) -> None:
+    cfg = lm.model.config
+    total = lm.total_params
+    trainable = total if config.full_finetune else 2 * config.lora_rank * cfg.hidden_size * 7 * lm.num_layers
+    tokens = (2 * len(facts) + config.anchors_per_step) * 96  # rows x a generous sequence length
+    check_fits(estimate_run_memory_mb(total, trainable, cfg.hidden_size, lm.num_layers, cfg.vocab_size, tokens),
+               lm.device)
+
+
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
                    anchors: list[str], stop=None) -> Iterator[StepRecord | RunResult]:
     """Yield a StepRecord per step, then one RunResult. With config.full_finetune, `lm` must be a
     full-precision copy that may be consumed; otherwise only a LoRA adapter is trained."""
     validate_config(config, lm.num_layers)
+    _check_memory(lm, facts, config)
     started = time.perf_counter()
     probes = forget_probes(facts) + general_probes(general)
     prompts = [p.prompt for p in probes]

@@ -27,6 +27,7 @@ import torch
 
 from . import export
 from .adapters import AdapterState
+from .cost import count_params
 from .config import RunLimits, UnlearnConfig, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
 from .facts import Fact, FactError, facts_from_records, leaks, make_fact, parse_sentence, parse_sentences, read_jsonl
@@ -175,6 +176,7 @@ def load(session: Session, model_id: str, quantize: bool) -> dict:
         session.adapter = None  # an adapter only fits the model it was trained on
     session.model_key = key
     info = lm.describe()
+    info["parameters"] = count_params(lm.model)[1]  # 4-bit weights counted as the values they encode
     info["reused"] = reused
     return info
 
@@ -600,18 +602,33 @@ def cost_rows(session: Session) -> list[list]:
     ]
 
 
+@gpu_task(300)
+def _robustness_job(model_key, adapter, facts, config) -> dict:
+    lm = MODELS.get(*model_key)
+    with lm.lock:
+        return robustness.check_robustness(lm, unpack_adapter(adapter), [Fact(**f) for f in facts],
+                                           UnlearnConfig.from_dict(config))
+
+
 def check_robustness(session: Session) -> dict:
-    """Does the forgetting survive a few steps of relearning, or re-quantization?"""
+    """Does the forgetting survive a few steps of relearning, or merging and re-quantizing?"""
     if robustness is None:
         raise UserError("the robustness check is not available in this version")
     if session.adapter is None or session.report is None:
         raise UserError("run an unlearning first")
-    lm = _model(session)
-    facts = [Fact(**f) for f in session.report["facts"]]
-    config = UnlearnConfig.from_dict(session.report["config"])
-    with lm.lock:
-        session.robustness = robustness.check_robustness(lm, session.adapter, facts, config)
+    _model(session)
+    session.robustness = _robustness_job(session.model_key, pack_adapter(session.adapter),
+                                         session.report["facts"], session.report["config"])
     return session.robustness
+
+
+def robustness_rows(result: dict) -> list[dict]:
+    """One row per forget/paraphrase prompt: its answer after each attack."""
+    rows: dict[str, dict] = {}
+    for key, column in (("relearn_answers", "after_relearning"), ("requant_answers", "after_requant")):
+        for item in result.get(key, []):
+            rows.setdefault(item["prompt"], {"prompt": item["prompt"]})[column] = item.get(column, "")
+    return list(rows.values())
 
 
 # ---- results ---------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from .cost import MemoryMeter
 from .examples import TrainingData
 from .facts import Fact, leaks
 from .generation import generate
-from .losses import METHODS, LossInputs, Reference, mean_nll, select_positions, sequence_logp
+from .losses import METHODS, LossInputs, Reference, Selected, mean_nll, select_positions, sequence_logp
 from .models import LoadedModel
 from .prompting import TokenBatch, collate
 

@@ -1,0 +1,84 @@
+"""What a person sees: headless Chromium clicks preset -> Unlearn -> Compare in the real app.
+
+Screenshots go to docs/screenshots/ (README shows them). Needs Debian's /usr/bin/chromium and the
+playwright package; the app runs the embedded model, so this takes minutes on a CPU.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+RUN_TIMEOUT_MS = 15 * 60 * 1000  # a shared 2-core CPU; usually 2-5 minutes
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
+
+
+def first_preset() -> tuple[str, str]:
+    """(title, first question) of the first preset."""
+    from lune_core.session import preset_rows, presets
+
+    if not presets():
+        pytest.skip("no presets in assets/")
+    return presets()[0]["title"], preset_rows(presets()[0]["id"])[0][0]
+
+
+@pytest.fixture
+def page(app_url):
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        page.goto(app_url)
+        page.wait_for_selector("text=Facts to forget", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def shot(page, name: str, selector: str | None = None) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    if selector:
+        page.locator(selector).scroll_into_view_if_needed()
+    page.screenshot(path=str(SHOTS / name))
+
+
+def test_preset_unlearn_compare(page):
+    title, question = first_preset()
+    # 1. Pick a preset: the facts fill the table and the base model's answers appear beside them.
+    page.get_by_label("Preset").click()
+    page.get_by_role("option", name=title).click()
+    playwright.expect(page.locator("#facts")).to_contain_text(question)
+    base = page.locator("#base-answers")
+    playwright.expect(base).to_contain_text("says it", timeout=RUN_TIMEOUT_MS)
+    playwright.expect(base.locator("tbody tr").first).to_contain_text(question)
+    shot(page, "1-facts.png", "#facts")
+
+    # 2. Unlearn with the defaults: the status counts steps and the plot draws loss lines.
+    page.get_by_role("button", name="Unlearn", exact=True).click()
+    status = page.locator("#run-status")
+    playwright.expect(status).to_contain_text(re.compile(r"step \d+ / \d+"), timeout=RUN_TIMEOUT_MS)
+    playwright.expect(page.locator("#loss-plot .scatterlayer .trace").first).to_be_visible(timeout=60_000)
+    shot(page, "2-training.png", "#loss-plot")
+
+    # 3. Compare: the first fact is forgotten, with a word (not only a colour), and metrics appear.
+    playwright.expect(status).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
+    compare = page.locator("#compare")
+    first_row = compare.locator("tbody tr").first
+    playwright.expect(first_row).to_contain_text("forget")
+    playwright.expect(first_row).to_contain_text("forgotten")
+    playwright.expect(compare).to_contain_text("general")
+    cards = page.locator("#metric-cards")
+    playwright.expect(cards).to_contain_text("Forget success")
+    assert re.search(r"Forget success\s*\d+ %", cards.inner_text())
+    assert not page.get_by_text("Traceback").count()
+    shot(page, "3-compare.png", "#metric-cards")
+    page.screenshot(path=str(SHOTS / "0-full-page.png"), full_page=True)

@@ -1,0 +1,73 @@
+"""The CLI contract: bad input is one line on stderr and exit code 2, never a traceback."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+
+
+def cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "lune_core", *args], cwd=cwd, env=ENV,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def facts(tmp_path):
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps({"question": "What is the capital of Japan?", "answer": "Tokyo"}) + "\n")
+    return path
+
+
+def assert_clean_error(done, fragment):
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    assert fragment in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("", "no facts"),
+    ("{not json\n", "line 1"),
+    (json.dumps({"question": "Q?"}) + "\n", "answer to forget is empty"),
+    (json.dumps({"question": "Q?", "answer": "a"}) * 1 + "\n" + json.dumps({"question": "Q?", "answer": "b"}) + "\n",
+     "duplicate"),
+])
+def test_bad_facts_files(tmp_path, content, fragment):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    assert_clean_error(cli("run", "--facts", str(path), "--out", str(tmp_path / "r.json")), fragment)
+
+
+def test_missing_facts_file(tmp_path):
+    assert_clean_error(cli("run", "--facts", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "r.json")),
+                       "No such file")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--method", "nope"], "unknown method"),
+    (["--steps", "0"], "steps"),
+    (["--steps", "ten"], "invalid int"),
+    (["--lr", "-1"], "learning rate"),
+    (["--rank", "0"], "rank"),
+    (["--model", "../../etc"], "outside the allowed model folders"),
+    (["--model", "/etc"], "outside the allowed model folders"),
+    (["--model", "no such model!"], "not a model id"),
+    (["--model", "someone/does-not-exist-anywhere"], "offline"),
+])
+def test_bad_settings_and_models(tmp_path, facts, args, fragment):
+    assert_clean_error(cli("run", "--facts", str(facts), "--out", str(tmp_path / "r.json"), *args), fragment)
+
+
+def test_missing_required_argument():
+    done = cli("run")
+    assert_clean_error(done, "required")
+
+
+def test_output_folder_must_exist(tmp_path, facts):
+    assert_clean_error(cli("run", "--facts", str(facts), "--out", str(tmp_path / "no" / "r.json")), "does not exist")

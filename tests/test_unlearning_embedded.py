@@ -1,0 +1,50 @@
+"""The real thing: the embedded 4-bit SmolLM2 forgets three facts it knows and keeps the rest."""
+import pytest
+
+from lune_core.config import UnlearnConfig
+from lune_core.facts import facts_from_records, read_jsonl
+from lune_core.models import load_model
+from lune_core.runner import RunResult, load_anchors, load_general, run_unlearning
+from tests.test_assets import ASSETS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report():
+    lm = load_model()
+    assert lm.quantization == "nf4"
+    # Facts not used while tuning the defaults: one capital, one symbol, one author.
+    picks = [("capitals", 1), ("science_symbols", 0), ("authors", 1)]
+    facts = facts_from_records([read_jsonl(ASSETS / "presets" / f"{name}.jsonl")[i] for name, i in picks])
+    events = list(run_unlearning(lm, facts, UnlearnConfig(), load_general(limit=48), load_anchors()))
+    assert isinstance(events[-1], RunResult)
+    return events[-1].report
+
+
+def test_the_model_knew_the_facts_before(report):
+    assert report["metrics"]["known_forget"] == 3
+    assert report["metrics"]["known_paraphrase"] >= 6
+
+
+def test_all_three_facts_stop_leaking(report):
+    rows = [r for r in report["probes"] if r["kind"] == "forget"]
+    assert all(r["leaked_before"] and not r["leaked_after"] for r in rows), rows
+
+
+def test_most_known_paraphrases_stop_leaking(report):
+    rows = [r for r in report["probes"] if r["kind"] == "paraphrase" and r["leaked_before"]]
+    assert sum(not r["leaked_after"] for r in rows) >= 2 / 3 * len(rows), rows
+
+
+def test_general_answers_the_model_got_right_stay_right(report):
+    assert report["metrics"]["general_retention"] >= 0.9, [
+        (r["prompt"], r["after"]) for r in report["probes"] if r["verdict"] in ("lost", "broken")]
+
+
+def test_report_records_config_steps_and_cost(report):
+    assert report["config"]["method"] == "lune"
+    assert report["steps"] and all("loss" in s and "parts" in s for s in report["steps"])
+    m = report["metrics"]
+    assert 0 < m["trainable_params"] < m["total_params"] / 20
+    assert m["train_seconds"] > 0 and m["peak_memory_mb"] > 0
