@@ -30,7 +30,7 @@ from .adapters import AdapterState
 from .cost import count_params
 from .config import RunLimits, UnlearnConfig, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
-from .facts import Fact, FactError, facts_from_records, leaks, make_fact, parse_sentence, parse_sentences, read_jsonl
+from .facts import Fact, FactError, facts_from_records, leaks, parse_sentences, read_jsonl
 from .models import EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError, free_memory, load_model, pick_device
 from .runner import ASSETS, RunResult, answer_with, load_anchors, load_general, run_unlearning
 from .zerogpu import gpu_duration, gpu_task
@@ -43,8 +43,7 @@ except ImportError:
 log = logging.getLogger("lune.session")
 
 FACT_COLUMNS = ["question", "answer to forget", "replacement (optional)", "paraphrases (optional, separate with |)"]
-COMPARE_COLUMNS = ["kind", "prompt", "before", "after", "verdict"]
-DEFAULT_GENERAL_PROMPTS = 8  # enough to see collateral damage, few enough for a CPU minute
+DEFAULT_GENERAL_PROMPTS = 8  # collateral damage shows on a handful; each one costs a generation
 # Full fine-tuning holds fp32 weights, gradients and two Adam moments: 16 bytes per parameter.
 FULL_FT_BYTES_PER_PARAM = 16
 
@@ -129,7 +128,7 @@ class Session:
     history: list[dict] = field(default_factory=list)  # StepRecord dicts of the last run
     runs: list[dict] = field(default_factory=list)  # one summary per finished run
     full_ft: dict | None = None  # the full fine-tuning comparison of the last run
-    robustness: dict | None = None
+    robustness_result: dict | None = None
     stop: threading.Event | None = None  # a fresh one per job: an orphaned job keeps its own
     running: bool = False
     workdir: str | None = None
@@ -138,7 +137,7 @@ class Session:
         """Free what the session holds: stop its job, drop the adapter, delete its files."""
         if self.stop is not None:
             self.stop.set()
-        self.adapter = self.report = self.full_ft = self.robustness = None
+        self.adapter = self.report = self.full_ft = self.robustness_result = None
         self.history = []
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -240,16 +239,9 @@ def preset_rows(preset_id: str, limits: RunLimits = LIMITS) -> list[list[str]]:
     if entry is None:
         raise UserError("choose a preset from the list")
     path = (ASSETS / entry["file"]).resolve()
-    if not path.is_file():
-        path = (ASSETS / "presets" / entry["file"]).resolve()
     if ASSETS.resolve() not in path.parents or not path.is_file():
         raise UserError(f"preset {preset_id!r} has no readable file")
-    facts = []
-    for i, record in enumerate(read_jsonl(path)[: limits.max_facts]):
-        facts.append(parse_sentence(record["sentence"], i, limits) if "sentence" in record
-                     else make_fact({k: record[k] for k in ("question", "answer", "replacement", "paraphrases")
-                                     if k in record}, i, limits))
-    return rows_from_facts(facts)
+    return rows_from_facts(facts_from_records(read_jsonl(path)[: limits.max_facts], limits))
 
 
 # ---- jobs on the shared model ------------------------------------------------------------------
@@ -494,7 +486,7 @@ def _store_run(session: Session, event: dict, steps: list[dict]) -> None:
     report = event["report"]
     session.adapter = unpack_adapter(event["adapter"])
     session.report = report
-    session.full_ft = session.robustness = None
+    session.full_ft = session.robustness_result = None
     m = report["metrics"]
     session.runs.append({
         "run": len(session.runs) + 1,
@@ -521,7 +513,7 @@ def reset(session: Session) -> None:
     """Remove the adapter and the current results; the typed facts and the run history stay."""
     if session.running:
         raise UserError("a run is in progress: press Stop first, then Reset")
-    session.adapter = session.report = session.full_ft = session.robustness = None
+    session.adapter = session.report = session.full_ft = session.robustness_result = None
     session.history = []
     free_memory()
 
@@ -617,9 +609,9 @@ def check_robustness(session: Session) -> dict:
     if session.adapter is None or session.report is None:
         raise UserError("run an unlearning first")
     _model(session)
-    session.robustness = _robustness_job(session.model_key, pack_adapter(session.adapter),
-                                         session.report["facts"], session.report["config"])
-    return session.robustness
+    session.robustness_result = _robustness_job(session.model_key, pack_adapter(session.adapter),
+                                                session.report["facts"], session.report["config"])
+    return session.robustness_result
 
 
 def robustness_rows(result: dict) -> list[dict]:

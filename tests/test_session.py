@@ -1,6 +1,7 @@
 """Per-session state and the app's actions, driven without gradio on a tiny random Llama."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -246,7 +247,7 @@ def test_export_writes_the_four_files_into_the_sessions_folder(models):
                                                     "lune-comparison.csv", "lune-loss-history.csv"]
     folder = session.workdir
     session.close()
-    assert session.adapter is None and not __import__("os").path.exists(folder)
+    assert session.adapter is None and not os.path.exists(folder)
 
 
 def test_closing_a_page_frees_its_session():
