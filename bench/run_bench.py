@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from lune_core.facts import read_jsonl  # noqa: E402
 
 METHODS = ["lune", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
+FULL_FT_LR = 2e-5  # the usual full fine-tuning rate for a model of this size
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
            "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run"]
 # Facts not used while tuning the defaults (those were France, gold and Romeo and Juliet).
@@ -41,7 +42,8 @@ def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit
     cmd = [sys.executable, "-m", "lune_core", "run", "--facts", str(facts_path), "--seed", str(seed),
            "--steps", str(steps), "--out", str(out)]
     if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
-        cmd += ["--method", "lune_replace", "--full-precision"]
+        # All weights at LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
+        cmd += ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
     else:
         cmd += ["--method", method]
     if general_limit:
@@ -154,7 +156,9 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
             _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", ""))]) + " |")
     lines += ["", "## Targets (3 facts, `lune`, default settings)", ""]
     lune3 = next((r for r in results if r["method"] == "lune" and r["facts"] == 3), None)
-    if lune3:
+    if lune3 is None:
+        lines.append("- not measured: this table has no 3-fact `lune` run")
+    else:
         s = lune3["summary"]
         for key, (op, bound) in TARGETS.items():
             value = s[key]["mean"]
