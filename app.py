@@ -411,7 +411,7 @@ def build() -> gr.Blocks:
         model_info = gr.Markdown("No model loaded yet. Unlearn loads the default model by itself.")
 
         # 2. Facts
-        gr.Markdown("## 2 · Facts to forget", elem_classes="step-title")
+        gr.Markdown("## 2 · Facts to forget", elem_classes="step-title", elem_id="facts-title")
         with gr.Row(equal_height=True):
             preset = gr.Dropdown([(p["title"], p["id"]) for p in S.presets()], value=None, scale=2,
                                  label="Preset", info="themed sets checked against the embedded model")
@@ -435,7 +435,7 @@ def build() -> gr.Blocks:
                                   headers=["question", "answer to forget", "the model says now", "known?"])
 
         # 3. Unlearn
-        gr.Markdown("## 3 · Unlearn", elem_classes="step-title")
+        gr.Markdown("## 3 · Unlearn", elem_classes="step-title", elem_id="unlearn-title")
         with gr.Row():
             with gr.Column(scale=2):
                 method = gr.Dropdown([(f"{name}", name) for name in METHODS], value="lune", label="Method")
@@ -465,7 +465,7 @@ def build() -> gr.Blocks:
                 run_status = gr.Markdown("Press **Unlearn** to train this page's adapter.", elem_id="run-status")
 
         # 4. Compare
-        gr.Markdown("## 4 · Compare before and after", elem_classes="step-title")
+        gr.Markdown("## 4 · Compare before and after", elem_classes="step-title", elem_id="compare-title")
         cards = gr.HTML(cards_html(None), elem_id="metric-cards")
         compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare",
                                label="Every question, before (adapter off) and after (adapter on)", max_height=560,

@@ -5,6 +5,8 @@ visitors at once each see only their own adapter. Minutes on a CPU: marked slow.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
@@ -90,9 +92,17 @@ def test_preset_fact_is_forgotten_general_answers_kept_and_visitors_isolated(app
     alice_before, alice_after, _ = alice.predict(question, 32, api_name="/ask")
     assert alice_before == bob_before and answer.lower() not in alice_after.lower()
 
-    # Bob trains his own adapter on another question; Alice's answers do not move.
+    # Bob trains his own adapter on another question and stops it after its first step; Alice's
+    # answers do not move, and Bob's table holds only Bob's fact.
     other = [["What is the tallest mountain on Earth?", "Everest", "", ""]]
-    bob_outputs = unlearn(bob, other, steps=2, early_stop=False, general_prompts=0).result(timeout=1800)
+    bob_run = unlearn(bob, other, steps=20, early_stop=False, general_prompts=0)
+    deadline = time.time() + 1200
+    while not any("step 1 / 20" in str(o[1]).replace("*", "") for o in bob_run.outputs()):
+        assert time.time() < deadline and not bob_run.done(), bob_run.outputs()[-1:]
+        time.sleep(0.5)
+    assert "Stopping" in bob.predict(api_name="/stop")
+    bob_outputs = bob_run.result(timeout=1200)
+    assert "Done" in bob_outputs[1] and "stopped by you" in bob_outputs[1], bob_outputs[1]
     assert {r["prompt"] for r in compare_rows(bob_outputs) if r["kind"] == "forget"} == {other[0][0]}
     assert alice.predict(question, 32, api_name="/ask")[1] == alice_after
 

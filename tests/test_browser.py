@@ -44,10 +44,16 @@ def page(app_url):
         browser.close()
 
 
+def first_data_row(table):
+    """Gradio's dataframe is a virtual grid: row 1 is the header, row 2 the first data row."""
+    return table.locator("[role=row][aria-rowindex='2']").first
+
+
 def shot(page, name: str, selector: str | None = None) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     if selector:
-        page.locator(selector).scroll_into_view_if_needed()
+        page.locator(selector).first.evaluate("e => e.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(300)
     page.screenshot(path=str(SHOTS / name))
 
 
@@ -59,20 +65,21 @@ def test_preset_unlearn_compare(page):
     playwright.expect(page.locator("#facts")).to_contain_text(question)
     base = page.locator("#base-answers")
     playwright.expect(base).to_contain_text("says it", timeout=RUN_TIMEOUT_MS)
-    playwright.expect(base.locator("tbody tr").first).to_contain_text(question)
-    shot(page, "1-facts.png", "#facts")
+    playwright.expect(first_data_row(base)).to_contain_text(question)
+    shot(page, "1-facts.png", "#facts-title")
 
     # 2. Unlearn with the defaults: the status counts steps and the plot draws loss lines.
     page.get_by_role("button", name="Unlearn", exact=True).click()
     status = page.locator("#run-status")
     playwright.expect(status).to_contain_text(re.compile(r"step \d+ / \d+"), timeout=RUN_TIMEOUT_MS)
     playwright.expect(page.locator("#loss-plot .scatterlayer .trace").first).to_be_visible(timeout=60_000)
-    shot(page, "2-training.png", "#loss-plot")
+    playwright.expect(status).to_contain_text(re.compile(r"step ([3-9]|\d\d) / |Done"), timeout=RUN_TIMEOUT_MS)
+    shot(page, "2-training.png", "#unlearn-title")
 
     # 3. Compare: the first fact is forgotten, with a word (not only a colour), and metrics appear.
     playwright.expect(status).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
     compare = page.locator("#compare")
-    first_row = compare.locator("tbody tr").first
+    first_row = first_data_row(compare)
     playwright.expect(first_row).to_contain_text("forget")
     playwright.expect(first_row).to_contain_text("forgotten")
     playwright.expect(compare).to_contain_text("general")
@@ -80,5 +87,5 @@ def test_preset_unlearn_compare(page):
     playwright.expect(cards).to_contain_text("Forget success")
     assert re.search(r"Forget success\s*\d+ %", cards.inner_text())
     assert not page.get_by_text("Traceback").count()
-    shot(page, "3-compare.png", "#metric-cards")
+    shot(page, "3-compare.png", "#compare-title")
     page.screenshot(path=str(SHOTS / "0-full-page.png"), full_page=True)
