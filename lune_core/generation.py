@@ -16,9 +16,10 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
     model = model if model is not None else lm.model
     tok = lm.tokenizer
     answers: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        enc = encode_prompts(tok, questions[start:start + batch_size]).to(lm.device)
-        with torch.no_grad():
+    # Another session's job may have its adapter attached to these same weights.
+    with lm.lock, torch.no_grad():
+        for start in range(0, len(questions), batch_size):
+            enc = encode_prompts(tok, questions[start:start + batch_size]).to(lm.device)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -27,8 +28,8 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
                 # Greedy decoding must not inherit sampling settings from generation_config.
                 temperature=None, top_p=None, top_k=None,
             )
-        width = enc["input_ids"].shape[1]
-        answers += [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+            width = enc["input_ids"].shape[1]
+            answers += [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
     return answers
 
 

@@ -47,7 +47,9 @@ class LoadedModel:
 
     @property
     def total_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        from .cost import count_params
+
+        return count_params(self.model)[1]  # packed 4-bit weights count as what they encode
 
     def describe(self) -> dict:
         return {

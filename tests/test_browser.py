@@ -59,7 +59,7 @@ def shot(page, name: str, selector: str | None = None) -> None:
 
 def test_preset_unlearn_compare(page):
     title, question = first_preset()
-    # 1. Pick a preset: the facts fill the table and the base model's answers appear beside them.
+    # 1. Pick a preset: the facts fill the table and the base model's answers appear below them.
     page.get_by_label("Preset").click()
     page.get_by_role("option", name=title).click()
     playwright.expect(page.locator("#facts")).to_contain_text(question)
