@@ -93,7 +93,7 @@ def model_markdown(info: dict) -> str:
     reuse = "already loaded, shared with every visitor" if info["reused"] else f"loaded in {info['load_seconds']} s"
     return (f"**{text(info['name'])}** — {reuse}  \n"
             f"device **{info['device']}** · quantization **{QUANTIZATION[info['quantization']]}**"
-            f" · compute {info['compute_dtype']} · **{info['parameters'] / 1e6:.1f} M** parameters"
+            f" · compute {info['compute_dtype']} · **{info['total_params'] / 1e6:.1f} M** parameters"
             f" · {info['num_layers']} layers · weights in memory **{info['memory_mb']:.0f} MB**")
 
 

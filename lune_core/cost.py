@@ -43,11 +43,9 @@ class MemoryMeter:
         return self.peak_bytes / 2**20
 
 
-def estimate_run_memory_mb(total_params: int, trainable_params: int, hidden: int, layers: int, vocab: int,
-                           batch_tokens: int) -> float:
+def estimate_run_memory_mb(trainable_params: int, hidden: int, layers: int, vocab: int, batch_tokens: int) -> float:
     """Rough upper estimate of what a run adds on top of the loaded weights: trainable weights,
     gradients and two Adam moments (16 bytes each), activations kept for backward, and logits."""
-    del total_params  # already resident; kept in the signature so callers pass what they know
     optimizer = trainable_params * 16
     activations = batch_tokens * hidden * layers * 24 * 4
     logits = batch_tokens * vocab * 4 * 3

@@ -11,7 +11,7 @@ import torch
 
 from . import __version__
 from .adapters import AdapterState, attached, lora_config, snapshot
-from .config import UnlearnConfig, validate_config
+from .config import UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import answer_logprobs, compute_metrics, score_probes
 from .examples import build_training_data
@@ -67,11 +67,12 @@ def _report(lm, config, facts, records, rows, logprob_drop, trainable, total, st
 
 def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig) -> None:
     cfg = lm.model.config
-    total = lm.total_params
-    trainable = total if config.full_finetune else 2 * config.lora_rank * cfg.hidden_size * 7 * lm.num_layers
+    # LoRA: A and B of at most hidden-size width on each adapted projection (an upper bound).
+    lora_size = 2 * config.lora_rank * cfg.hidden_size * len(config.target_modules)
+    lora_size *= len(lora_layers(config, lm.num_layers))
+    trainable = lm.total_params if config.full_finetune else lora_size
     tokens = (2 * len(facts) + config.anchors_per_step) * 96  # rows x a generous sequence length
-    check_fits(estimate_run_memory_mb(total, trainable, cfg.hidden_size, lm.num_layers, cfg.vocab_size, tokens),
-               lm.device)
+    check_fits(estimate_run_memory_mb(trainable, cfg.hidden_size, lm.num_layers, cfg.vocab_size, tokens), lm.device)
 
 
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],

@@ -27,7 +27,6 @@ import torch
 
 from . import export
 from .adapters import AdapterState
-from .cost import count_params
 from .config import RunLimits, UnlearnConfig, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
 from .facts import Fact, FactError, facts_from_records, leaks, parse_sentences, read_jsonl
@@ -175,7 +174,6 @@ def load(session: Session, model_id: str, quantize: bool) -> dict:
         session.adapter = None  # an adapter only fits the model it was trained on
     session.model_key = key
     info = lm.describe()
-    info["parameters"] = count_params(lm.model)[1]  # 4-bit weights counted as the values they encode
     info["reused"] = reused
     return info
 
@@ -332,8 +330,7 @@ def _full_ft_job(model_key, facts, config, general, anchors, stop) -> Iterator[d
 @gpu_task(60)
 def _answer_job(model_key, adapter, questions, max_new_tokens) -> tuple[list[str], list[str]]:
     lm = MODELS.get(*model_key)
-    with lm.lock:  # the shared weights carry another session's adapter while it trains
-        return answer_with(lm, unpack_adapter(adapter), questions, max_new_tokens)
+    return answer_with(lm, unpack_adapter(adapter), questions, max_new_tokens)  # the engine takes lm.lock
 
 
 def _stop_for_job(session: Session) -> threading.Event:

@@ -162,8 +162,8 @@ def test_neighbouring_anchors_are_picked_first():
 def test_memory_guard_refuses_runs_that_cannot_fit():
     from lune_core.cost import check_fits, estimate_run_memory_mb
 
-    small = estimate_run_memory_mb(10**8, 10**6, 576, 30, 49152, 1000)
-    huge = estimate_run_memory_mb(10**11, 10**11, 8192, 80, 150000, 10**5)
+    small = estimate_run_memory_mb(10**6, 576, 30, 49152, 1000)
+    huge = estimate_run_memory_mb(10**11, 8192, 80, 150000, 10**5)
     assert 0 < small < huge
     check_fits(small, "cpu")
     with pytest.raises(MemoryError, match="MB are free"):
