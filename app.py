@@ -20,6 +20,8 @@ from lune_core.models import EMBEDDED_MODEL
 
 QUANTIZATION = {"nf4": "4-bit NF4", "none": "none (full precision)"}
 MODEL_QUEUE = "model"  # training and generation share the weights: one job at a time, in order
+MAX_UPLOAD = "1mb"  # the page takes no uploads; this bounds what gradio's upload route accepts
+CACHE_CLEANUP = (3600, 3600)  # every hour, delete served files (exports) older than an hour
 LIMITS = S.LIMITS
 DEFAULTS = UnlearnConfig()
 MODEL_CHOICES = [("SmolLM2-135M-Instruct (embedded, works offline)", EMBEDDED_MODEL),
@@ -223,8 +225,6 @@ def on_preset(preset_id: str, count):
 
 @guarded(outputs=2, status_at=1)
 def on_preview(state: S.Session, rows, max_new_tokens):
-    if not S.clean_rows(rows):
-        return gr.skip(), "Add facts (or pick a preset) to see what the model says."
     found = S.preview(state, rows, max_new_tokens)
     known = sum(r["known"] for r in found)
     return base_frame(found), (f"The base model says {known} of {len(found)} answers now. "
@@ -391,7 +391,7 @@ knew cannot be forgotten, and the table says so.
 
 def build() -> gr.Blocks:
     deploy = S.DEPLOY
-    with gr.Blocks(title="LUNE — unlearning with LoRA") as demo:
+    with gr.Blocks(title="LUNE — unlearning with LoRA", delete_cache=CACHE_CLEANUP) as demo:
         state = gr.State(S.Session(), delete_callback=S.Session.close)
         with gr.Row():
             gr.Markdown("# 🌘 LUNE — make a language model forget chosen facts\n"
@@ -443,8 +443,9 @@ def build() -> gr.Blocks:
                 with gr.Accordion("Advanced settings", open=False):
                     steps = gr.Slider(1, LIMITS.max_steps, value=min(DEFAULTS.steps, LIMITS.max_steps), step=1,
                                       label="Steps (at most; stops early once no fact is said)")
-                    lr = gr.Number(DEFAULTS.learning_rate, label="Learning rate", minimum=1e-6,
-                                   maximum=LIMITS.max_learning_rate)
+                    # No widget bounds: out-of-range values then get the engine's message, not gradio's.
+                    lr = gr.Number(DEFAULTS.learning_rate, label=f"Learning rate (above 0, at most "
+                                   f"{LIMITS.max_learning_rate:g})")
                     rank = gr.Slider(1, LIMITS.max_lora_rank, value=DEFAULTS.lora_rank, step=1, label="LoRA rank")
                     layers = gr.Textbox(label="Layers with LoRA",
                                         placeholder="empty = the middle band; or 8-20, or 4,6,8")
@@ -556,4 +557,4 @@ def preload_default_model() -> None:
 if __name__ == "__main__":
     preload_default_model()
     # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT are honoured by launch(); default 127.0.0.1:7860.
-    demo.launch(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS)
+    demo.launch(theme=gr.themes.Soft(primary_hue="indigo"), css=CSS, max_file_size=MAX_UPLOAD)

@@ -1,14 +1,16 @@
-"""Command line: `python -m lune_core run --facts FACTS.jsonl --out REPORT.json`."""
+"""Command line: `python -m lune_core run --facts FACTS.jsonl --out REPORT.json` (or `--check` to validate only)."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from .config import RunLimits, UnlearnConfig, validate_config
-from .facts import FactError, load_facts
+from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
+from .facts import FactError, load_facts, parse_sentences, validate_facts
 from .losses import METHODS
-from .models import EMBEDDED_MODEL, ModelLoadError
+from .models import EMBEDDED_MODEL, ModelLoadError, redact_token
+
+MAX_MESSAGE_CHARS = 300
 
 
 class UsageError(Exception):
@@ -24,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m lune_core", description="LUNE: LoRA-based unlearning with negative examples")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="unlearn facts and write a report")
-    run.add_argument("--facts", required=True, help="JSON Lines: question, answer, replacement?, paraphrases?")
+    source = run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--facts", help="JSON Lines: question, answer, replacement?, paraphrases?")
+    source.add_argument("--sentences", help="text file, one sentence a line with the answer in [brackets]")
     run.add_argument("--general", help="JSON Lines: question, answers (default: the shipped set)")
     run.add_argument("--general-limit", type=int, default=None, help="use only the first N general questions")
     run.add_argument("--model", default=EMBEDDED_MODEL, help="'embedded', a hub id or an allowed local folder")
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=UnlearnConfig.learning_rate)
     run.add_argument("--rank", type=int, default=UnlearnConfig.lora_rank)
     run.add_argument("--seed", type=int, default=UnlearnConfig.seed)
+    run.add_argument("--layers", default="", help="layers with LoRA, e.g. 8-20 or 4,6,8 (default: the middle band)")
     run.add_argument("--max-new-tokens", type=int, default=UnlearnConfig.max_new_tokens)
     run.add_argument("--no-early-stop", action="store_true", help="always run all steps")
     run.add_argument("--full-precision", action="store_true",
@@ -40,13 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--out", required=True, help="where to write REPORT.json")
     run.add_argument("--save-adapter", help="folder for the trained LoRA adapter (PEFT format)")
+    run.add_argument("--robustness", action="store_true",
+                     help="after the run, relearn on related text and re-quantize; report the leak rates")
+    run.add_argument("--check", action="store_true",
+                     help="check the facts, settings and model (its config only), then stop before loading weights")
     return parser
 
 
 def _config(args) -> UnlearnConfig:
     kwargs = dict(method=args.method, steps=args.steps, learning_rate=args.lr, lora_rank=args.rank,
                   lora_alpha=2 * args.rank, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                  full_finetune=args.full_precision)
+                  layers=parse_layers(args.layers), full_finetune=args.full_precision)
     if args.no_early_stop:
         kwargs["check_every"] = 0
     return UnlearnConfig(**kwargs)
@@ -63,18 +72,40 @@ def _format_step(record) -> str:
     return line
 
 
+def _facts(args, limits: RunLimits):
+    if args.facts:
+        return load_facts(args.facts, limits)
+    try:
+        with open(args.sentences, encoding="utf-8-sig") as handle:
+            text = handle.read()
+    except UnicodeDecodeError:
+        raise FactError(f"{os.path.basename(args.sentences)}: not UTF-8 text") from None
+    return validate_facts(parse_sentences(text, limits), limits)
+
+
 def cmd_run(args) -> int:
-    from .models import load_model
+    """Every check that needs no weights comes first, so a mistake costs a second, not a model load."""
+    from .models import load_config, load_model
     from .runner import RunResult, load_anchors, load_general, run_unlearning, save_report
 
-    limits = RunLimits()
+    limits = RunLimits().with_env()
     config = _config(args)
-    validate_config(config, limits=limits)  # before the model load, so mistakes cost nothing
-    facts = load_facts(args.facts, limits)
+    validate_config(config, limits=limits)
+    facts = _facts(args, limits)
+    if args.general_limit is not None and args.general_limit < 0:
+        raise UsageError("--general-limit must not be negative")
     general = load_general(args.general, args.general_limit)
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UsageError(f"output folder does not exist: {out_dir}")
+    if os.path.isdir(args.out):
+        raise UsageError(f"--out is a folder, not a file: {args.out}")
+    num_layers = load_config(args.model).num_hidden_layers
+    validate_config(config, num_layers, limits)
+    if args.check:
+        print(f"ok: {len(facts)} facts, {len(general)} general questions, model {args.model} "
+              f"({num_layers} layers), settings valid; nothing trained (--check)")
+        return 0
     lm = load_model(args.model, quantize=not args.full_precision, device=args.device)
     print(f"model {lm.display_name} on {lm.device} ({lm.quantization}), loaded in {lm.load_seconds:.1f}s", flush=True)
     result = None
@@ -83,6 +114,12 @@ def cmd_run(args) -> int:
             result = event
         else:
             print(_format_step(event), flush=True)
+    if args.robustness and result.adapter is not None:
+        from .robustness import check_robustness
+
+        attacks = check_robustness(lm, result.adapter, facts, config)
+        result.report["robustness"] = attacks
+        result.report["metrics"].update({k: attacks[k] for k in ("relearn_leak_rate", "requant_leak_rate")})
     save_report(result.report, args.out)
     if args.save_adapter and result.adapter is not None:
         from .export import save_adapter
@@ -110,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     except (UsageError, FactError, ModelLoadError, ValueError, OSError, MemoryError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {redact_token(message[:MAX_MESSAGE_CHARS])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -1,7 +1,10 @@
 """One dataclass holds every setting of an unlearning run; the run report records it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, fields, replace
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -58,7 +61,10 @@ class UnlearnConfig:
 
 @dataclass(frozen=True)
 class RunLimits:
-    """Bounds on what one request may ask for; keeps a shared CPU Space responsive."""
+    """Bounds on what one request may ask for; keeps a shared CPU Space responsive.
+
+    Each bound can be set by an environment variable named after it, LUNE_ + the field in
+    capitals (LUNE_MAX_STEPS=100); `with_env` reads them, here and nowhere else."""
 
     max_facts: int = 10
     max_text_chars: int = 500
@@ -68,6 +74,25 @@ class RunLimits:
     max_lora_rank: int = 64
     max_learning_rate: float = 1e-2
     max_general_prompts: int = 100
+
+    def with_env(self, environ=None) -> "RunLimits":
+        """These limits with any LUNE_MAX_* variable of `environ` (default os.environ) applied."""
+        environ = os.environ if environ is None else environ
+        changes = {}
+        for f in fields(self):
+            name = "LUNE_" + f.name.upper()
+            raw = (environ.get(name) or "").strip()
+            if not raw:
+                continue
+            whole = isinstance(getattr(self, f.name), int)
+            try:
+                value = int(raw) if whole else float(raw)
+            except ValueError:
+                value = None
+            if value is None or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}={raw[:20]!r}: must be a {'whole ' if whole else ''}number above 0")
+            changes[f.name] = value
+        return replace(self, **changes)
 
 
 def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits: RunLimits = RunLimits()) -> None:
@@ -102,6 +127,23 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
         check(getattr(config, name) >= 0, f"{name.replace('_', ' ')} must not be negative")
     check(config.check_every >= 0, "check interval must not be negative")
     check(config.anchors_per_step >= 0, "anchors per step must not be negative")
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """'' -> None (the default middle band); '8-12' or '3, 5, 7' -> explicit indices."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    layers: list[int] = []
+    for part in re.split(r"[,\s]+", text):
+        match = re.fullmatch(r"(\d{1,4})(?:-(\d{1,4}))?", part)
+        if not match:
+            raise ValueError(f"layers: {part[:20]!r} is not a layer number or a range like 8-12")
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        if hi < lo:
+            raise ValueError(f"layers: {part!r} is not a valid range")
+        layers += range(lo, hi + 1)
+    return tuple(sorted(set(layers)))
 
 
 def lora_layers(config: UnlearnConfig, num_layers: int) -> list[int]:

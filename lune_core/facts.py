@@ -57,6 +57,11 @@ def leaks(text: str, answer: str) -> bool:
     return re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", text, flags=re.IGNORECASE) is not None
 
 
+def is_blank(text: str) -> bool:
+    """No visible character: only spaces or invisible ones (zero-width, direction marks)."""
+    return not any(unicodedata.category(ch)[0] not in "ZC" for ch in text)
+
+
 def _clean(value, what: str, label: str, limits: RunLimits, required: bool = True) -> str:
     if value is None:
         value = ""
@@ -65,6 +70,8 @@ def _clean(value, what: str, label: str, limits: RunLimits, required: bool = Tru
     value = unicodedata.normalize("NFC", value).strip()
     if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n" for ch in value):
         raise FactError(f"{label}: {what} contains control characters")
+    if is_blank(value):
+        value = ""
     if required and not value:
         raise FactError(f"{label}: {what} is empty")
     if len(value) > limits.max_text_chars:
@@ -152,15 +159,21 @@ def facts_from_records(records: list[dict], limits: RunLimits = RunLimits()) -> 
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """JSON Lines reader with errors that name the line."""
+    name = Path(path).name
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
+    # utf-8-sig: a byte-order mark from a Windows editor is not part of the first line's JSON.
+    with open(path, encoding="utf-8-sig") as handle:
+        try:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
                 records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise FactError(f"{Path(path).name} line {number}: not valid JSON ({err.msg})") from None
+        except UnicodeDecodeError:
+            raise FactError(f"{name}: not UTF-8 text") from None
+        except json.JSONDecodeError as err:
+            raise FactError(f"{name} line {number}: not valid JSON ({err.msg})") from None
+        except RecursionError:
+            raise FactError(f"{name} line {number}: JSON nested too deeply") from None
     return records
 
 

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from itertools import islice
 
 import torch
 
 from .models import LoadedModel
 from .prompting import encode_prompts
+
+BASE_CACHE_ENTRIES = 4096  # base answers kept per model (a few MB)
 
 
 def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, model=None,
@@ -35,10 +38,15 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
 
 def base_answers(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, peft_model=None) -> list[str]:
     """Answers of the untouched base; with an adapter attached they come from disable_adapter()."""
-    missing = [q for q in dict.fromkeys(questions) if (q, max_new_tokens) not in lm.base_answer_cache]
-    if missing:
-        context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
-        with context:
-            fresh = generate(lm, missing, max_new_tokens, model=peft_model)
-        lm.base_answer_cache.update({(q, max_new_tokens): a for q, a in zip(missing, fresh)})
-    return [lm.base_answer_cache[(q, max_new_tokens)] for q in questions]
+    cache = lm.base_answer_cache
+    with lm.lock:  # the cache is shared by every session's jobs
+        missing = [q for q in dict.fromkeys(questions) if (q, max_new_tokens) not in cache]
+        if missing:
+            context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
+            with context:
+                fresh = generate(lm, missing, max_new_tokens, model=peft_model)
+            cache.update({(q, max_new_tokens): a for q, a in zip(missing, fresh)})
+        answers = [cache[(q, max_new_tokens)] for q in questions]
+        for key in list(islice(cache, max(0, len(cache) - BASE_CACHE_ENTRIES))):
+            del cache[key]  # oldest first: every visitor's free prompts would otherwise pile up for good
+    return answers

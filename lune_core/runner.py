@@ -11,11 +11,11 @@ import torch
 
 from . import __version__
 from .adapters import AdapterState, attached, lora_config, snapshot
-from .config import UnlearnConfig, lora_layers, validate_config
+from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import answer_logprobs, compute_metrics, score_probes
 from .examples import build_training_data
-from .facts import Fact, forget_probes, general_probes, read_jsonl
+from .facts import Fact, FactError, forget_probes, general_probes, read_jsonl
 from .generation import base_answers, generate
 from .models import LoadedModel, free_memory
 from .trainer import StepRecord, unlearn
@@ -24,8 +24,15 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def load_general(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
-    records = read_jsonl(path or ASSETS / "general_knowledge.jsonl")
-    return records[:limit] if limit else records
+    """General-knowledge questions {question, answers: [...]}, the first `limit` of them."""
+    path = Path(path or ASSETS / "general_knowledge.jsonl")
+    records = read_jsonl(path)
+    for number, r in enumerate(records, 1):
+        answers = r.get("answers") if isinstance(r, dict) else None
+        if not (isinstance(r, dict) and isinstance(r.get("question"), str) and r["question"].strip()
+                and isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
+            raise FactError(f"{path.name} record {number}: needs a question and a list of answers")
+    return records if limit is None else records[:limit]
 
 
 def load_anchors(path: str | Path | None = None) -> list[str]:
@@ -76,10 +83,11 @@ def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig) -> 
 
 
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
-                   anchors: list[str], stop=None) -> Iterator[StepRecord | RunResult]:
+                   anchors: list[str], stop=None, limits: RunLimits | None = None) -> Iterator[StepRecord | RunResult]:
     """Yield a StepRecord per step, then one RunResult. With config.full_finetune, `lm` must be a
-    full-precision copy that may be consumed; otherwise only a LoRA adapter is trained."""
-    validate_config(config, lm.num_layers)
+    full-precision copy that may be consumed; otherwise only a LoRA adapter is trained.
+    `limits`: the caller's request bounds (default: RunLimits with the environment's overrides)."""
+    validate_config(config, lm.num_layers, limits or RunLimits().with_env())
     _check_memory(lm, facts, config)
     started = time.perf_counter()
     probes = forget_probes(facts) + general_probes(general)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import queue
-import re
 import shutil
 import tempfile
 import threading
 import time
+import traceback
 import unicodedata
 import weakref
 from dataclasses import dataclass, field
@@ -27,10 +28,11 @@ import torch
 
 from . import export
 from .adapters import AdapterState
-from .config import RunLimits, UnlearnConfig, validate_config
+from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
-from .facts import Fact, FactError, facts_from_records, leaks, parse_sentences, read_jsonl
-from .models import EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError, free_memory, load_model, pick_device
+from .facts import Fact, FactError, facts_from_records, is_blank, leaks, parse_sentences, read_jsonl
+from .models import (EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError, free_memory, load_model, pick_device,
+                     redact_token)
 from .runner import ASSETS, RunResult, answer_with, load_anchors, load_general, run_unlearning
 from .zerogpu import gpu_duration, gpu_task
 
@@ -52,13 +54,15 @@ class UserError(Exception):
 
 
 DEPLOY = load_deploy_config()
+# The deployment's bounds (deploy.json), then any LUNE_MAX_* environment variable on top.
 LIMITS = RunLimits(
     max_facts=DEPLOY.limits.max_facts,
     max_text_chars=DEPLOY.limits.max_text_chars,
     max_steps=DEPLOY.limits.max_steps,
     max_new_tokens=DEPLOY.limits.max_new_tokens,
     max_general_prompts=DEPLOY.limits.max_general_prompts,
-)
+).with_env()
+MAX_MESSAGE_CHARS = 300  # an error line in the page, not a dump
 
 
 # ---- shared base models ----------------------------------------------------------------------
@@ -198,7 +202,8 @@ def clean_rows(rows) -> list[list[str]]:
     return cleaned
 
 
-def facts_from_rows(rows, limits: RunLimits = LIMITS) -> list[Fact]:
+def facts_from_rows(rows, limits: RunLimits | None = None) -> list[Fact]:
+    limits = limits or LIMITS
     records = [{"question": q, "answer": a, "replacement": r, "paraphrases": p}
                for q, a, r, p in clean_rows(rows)]
     if len(records) > limits.max_facts:
@@ -210,8 +215,9 @@ def rows_from_facts(facts: list[Fact]) -> list[list[str]]:
     return [[f.question, f.answer, f.replacement, " | ".join(f.paraphrases)] for f in facts]
 
 
-def add_sentences(rows, text: str, limits: RunLimits = LIMITS) -> list[list[str]]:
+def add_sentences(rows, text: str, limits: RunLimits | None = None) -> list[list[str]]:
     """Append facts written as 'The capital of France is [Paris].' (one per line) to the table."""
+    limits = limits or LIMITS
     if not (text or "").strip():
         raise UserError("type one sentence per line with the answer in [brackets]")
     if len(text) > limits.max_text_chars * limits.max_facts:
@@ -232,7 +238,8 @@ def presets() -> tuple[dict, ...]:
     return tuple(json.loads(path.read_text(encoding="utf-8")))
 
 
-def preset_rows(preset_id: str, limits: RunLimits = LIMITS) -> list[list[str]]:
+def preset_rows(preset_id: str, limits: RunLimits | None = None) -> list[list[str]]:
+    limits = limits or LIMITS
     entry = next((p for p in presets() if p["id"] == preset_id), None)
     if entry is None:
         raise UserError("choose a preset from the list")
@@ -299,7 +306,7 @@ def unpack_adapter(data: dict | None) -> AdapterState | None:
 def _events(lm: LoadedModel, facts: list[dict], config: dict, general: list[dict], anchors: list[str],
             stop) -> Iterator[dict]:
     for event in run_unlearning(lm, [Fact(**f) for f in facts], UnlearnConfig.from_dict(config),
-                                general, anchors, stop=stop):
+                                general, anchors, stop=stop, limits=LIMITS):
         if isinstance(event, RunResult):
             yield {"report": event.report, "adapter": pack_adapter(event.adapter)}
         else:
@@ -352,8 +359,8 @@ def _anchors() -> tuple[str, ...]:
     return tuple(load_anchors())
 
 
-def general_records(n: int, limits: RunLimits = LIMITS) -> list[dict]:
-    n = max(0, min(int(n), limits.max_general_prompts))
+def general_records(n: int, limits: RunLimits | None = None) -> list[dict]:
+    n = _bounded_int(n, "general questions", 0, (limits or LIMITS).max_general_prompts)
     return [dict(r) for r in _general_pool()[:n]]
 
 
@@ -371,47 +378,35 @@ def preview(session: Session, rows, max_new_tokens: int = UnlearnConfig.max_new_
 def _bounded_int(value, name: str, lo: int, hi: int) -> int:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name} must be a whole number") from None
-    if number != number or number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise UserError(f"{name} must be a whole number")
     if not lo <= number <= hi:
         raise UserError(f"{name} must be between {lo} and {hi}")
     return int(number)
 
 
-def parse_layers(text: str) -> tuple[int, ...] | None:
-    """'' -> None (the default middle band); '8-12' or '3, 5, 7' -> explicit indices."""
-    text = (text or "").strip()
-    if not text:
-        return None
-    layers: list[int] = []
-    for part in re.split(r"[,\s]+", text):
-        match = re.fullmatch(r"(\d{1,4})(?:-(\d{1,4}))?", part)
-        if not match:
-            raise UserError(f"layers: {part[:20]!r} is not a layer number or a range like 8-12")
-        lo, hi = int(match[1]), int(match[2] or match[1])
-        if hi < lo or hi - lo > 1000:
-            raise UserError(f"layers: {part!r} is not a valid range")
-        layers += range(lo, hi + 1)
-    return tuple(sorted(set(layers)))
-
-
-def make_config(settings: dict, num_layers: int, limits: RunLimits = LIMITS) -> UnlearnConfig:
+def make_config(settings: dict, num_layers: int, limits: RunLimits | None = None) -> UnlearnConfig:
     """UnlearnConfig from the form's values (numbers arrive as floats or None)."""
+    limits = limits or LIMITS
     default = UnlearnConfig()
     rank = _bounded_int(settings.get("lora_rank", default.lora_rank), "LoRA rank", 1, limits.max_lora_rank)
     try:
         lr = float(settings.get("learning_rate", default.learning_rate))
     except (TypeError, ValueError):
         raise UserError("learning rate must be a number") from None
+    try:
+        layers = parse_layers(settings.get("layers", ""))
+    except ValueError as err:
+        raise UserError(str(err)) from None
     config = UnlearnConfig(
         method=str(settings.get("method") or default.method),
         steps=_bounded_int(settings.get("steps", default.steps), "steps", 1, limits.max_steps),
         learning_rate=lr,
         lora_rank=rank,
         lora_alpha=2 * rank,
-        layers=parse_layers(settings.get("layers", "")),
+        layers=layers,
         seed=_bounded_int(settings.get("seed", default.seed), "seed", 0, 2**32 - 1),
         max_new_tokens=_bounded_int(settings.get("max_new_tokens", default.max_new_tokens),
                                     "max new tokens", 1, limits.max_new_tokens),
@@ -518,7 +513,7 @@ def reset(session: Session) -> None:
 def ask(session: Session, question: str, max_new_tokens: int = UnlearnConfig.max_new_tokens) -> tuple[str, str]:
     """The base answer and this session's adapted answer to a free prompt."""
     question = unicodedata.normalize("NFC", question or "").strip()
-    if not question:
+    if is_blank(question):
         raise UserError("type a question first")
     if len(question) > LIMITS.max_text_chars:
         raise UserError(f"the prompt is longer than {LIMITS.max_text_chars} characters")
@@ -642,9 +637,9 @@ def export_files(session: Session) -> list[str]:
 def user_message(err: BaseException) -> str:
     """The line shown in the page for an error; internals stay in the server log."""
     if isinstance(err, (UserError, FactError, ModelLoadError)):
-        return str(err)
+        return redact_token(str(err)[:MAX_MESSAGE_CHARS])
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         free_memory()
         return "out of memory: try fewer facts, fewer general questions, a lower LoRA rank or a smaller model"
-    log.exception("unexpected error", exc_info=err)
+    log.error("unexpected error\n%s", redact_token("".join(traceback.format_exception(err))))
     return "something went wrong on the server (it is logged); your facts and results are kept"

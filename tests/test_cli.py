@@ -71,3 +71,31 @@ def test_missing_required_argument():
 
 def test_output_folder_must_exist(tmp_path, facts):
     assert_clean_error(cli("run", "--facts", str(facts), "--out", str(tmp_path / "no" / "r.json")), "does not exist")
+
+
+@pytest.mark.parametrize("general, extra, fragment", [
+    ('{"question": "Q?"}\n', [], "record 1: needs a question and a list of answers"),
+    ('{"question": "Q?", "answers": "4"}\n', [], "record 1: needs a question and a list of answers"),
+    ('["Q?", "4"]\n', [], "record 1: needs a question and a list of answers"),
+    ('\xff\xfe\n', [], "not UTF-8 text"),
+    ('[' * 100000 + '\n', [], "nested too deeply"),
+    ('{"question": "Q?", "answers": ["4"]}\n', ["--general-limit", "-1"], "must not be negative"),
+])
+def test_bad_general_question_files_and_limits(tmp_path, facts, general, extra, fragment):
+    from tests.corpus import main_in_process
+
+    path = tmp_path / "general.jsonl"
+    path.write_bytes(general.encode("latin-1") if "\xff" in general else general.encode())
+    code, _, err = main_in_process(["run", "--facts", str(facts), "--general", str(path), "--out",
+                                    str(tmp_path / "r.json"), "--check", *extra])
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_check_validates_without_training_and_a_zero_general_limit_means_none(tmp_path, facts):
+    from tests.corpus import main_in_process
+
+    code, out, err = main_in_process(["run", "--facts", str(facts), "--out", str(tmp_path / "r.json"), "--check",
+                                      "--general-limit", "0"])
+    assert code == 0 and out.startswith("ok: 1 facts, 0 general questions") and not (tmp_path / "r.json").exists()
+    code, _, err = main_in_process(["run", "--facts", str(facts), "--out", str(tmp_path), "--check"])
+    assert code == 2 and "is a folder" in err
