@@ -26,7 +26,8 @@ from lune_core.facts import read_jsonl  # noqa: E402
 METHODS = ["lune", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = 2e-5  # the usual full fine-tuning rate for a model of this size
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
-           "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run"]
+           "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run",
+           "relearn_leak_rate", "requant_leak_rate"]
 # Facts not used while tuning the defaults (those were France, gold and Romeo and Juliet).
 FACT_PICKS = [("capitals", 1), ("science_symbols", 0), ("authors", 1), ("capitals", 3), ("science_symbols", 4),
               ("authors", 4), ("capitals", 6), ("science_symbols", 7), ("authors", 6), ("capitals", 8)]
@@ -44,8 +45,8 @@ def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit
     if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
         # All weights at LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
         cmd += ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
-    else:
-        cmd += ["--method", method]
+    else:  # the attacks need an adapter: LoRA runs only
+        cmd += ["--method", method, "--robustness"]
     if general_limit:
         cmd += ["--general-limit", str(general_limit)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -145,15 +146,16 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"- seeds {meta['seeds']}, fact sets {meta['fact_sets']}, at most {meta['max_steps']} steps "
              f"(early stop on), general set limit {meta['general_limit'] or 'all'}; wall time {meta['wall_seconds']} s",
              "", "| facts | method | forget | paraphrase | retention | degenerate | logprob drop | trainable params "
-             "| s/step | train s | peak MB | mem / FT | step time / FT |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| s/step | train s | peak MB | mem / FT | step time / FT | relearn leak | requant leak |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
         s, v = row["summary"], row.get("vs_full_ft", {})
         lines.append("| " + " | ".join([
             str(row["facts"]), row["method"], _fmt(s["forget_success"]), _fmt(s["paraphrase_success"]),
             _fmt(s["general_retention"]), _fmt(s["degenerate_rate"]), _fmt(s["answer_logprob_drop"]),
             f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
-            _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", ""))]) + " |")
+            _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", "")),
+            _fmt(s["relearn_leak_rate"]), _fmt(s["requant_leak_rate"])]) + " |")
     lines += ["", "## Targets (3 facts, `lune`, default settings)", ""]
     lune3 = next((r for r in results if r["method"] == "lune" and r["facts"] == 3), None)
     if lune3 is None:

@@ -32,6 +32,9 @@ class UnlearnConfig:
     steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
     retain_weight: float = 5.0  # KL to the base model on anchor prompts: what keeps the edit local
     anchors_per_step: int = 8
+    # Anchor prompts drawn from the shipped pool: 3/4 neighbours of the facts, the rest random.
+    # 32 rather than 16 kept more general answers (0.80 vs 0.75 on the tuning facts).
+    anchor_pool: int = 32
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
     simnpo_delta: float = 0.0
@@ -127,6 +130,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
         check(getattr(config, name) >= 0, f"{name.replace('_', ' ')} must not be negative")
     check(config.check_every >= 0, "check interval must not be negative")
     check(config.anchors_per_step >= 0, "anchors per step must not be negative")
+    check(config.anchor_pool >= 0, "anchor pool must not be negative")
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:

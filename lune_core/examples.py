@@ -73,8 +73,7 @@ def pick_anchors(anchors: list[str], questions: list[str], size: int, seed: int)
     return near + random.Random(seed).sample(rest, size - len(near))
 
 
-def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
-                        anchor_pool: int = 16) -> TrainingData:
+def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None) -> TrainingData:
     tok = lm.tokenizer
     answers = base_answers(lm, [f.question for f in facts], config.max_new_tokens, peft_model)
     forget, texts = [], []
@@ -86,7 +85,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     for fact, answer in zip(facts, answers):
         text, span = negative_target(fact, answer)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
-    pool = pick_anchors(anchors, [f.question for f in facts], anchor_pool, config.seed)
+    pool = pick_anchors(anchors, [f.question for f in facts], config.anchor_pool, config.seed)
     pool_answers = base_answers(lm, pool, config.max_new_tokens, peft_model)
     anchor = [encode_pair(tok, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False) for q, a in zip(pool, pool_answers) if a]
     return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts)

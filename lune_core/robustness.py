@@ -25,22 +25,29 @@ def _leak_rate(answers: list[str], probes, known: list[bool]) -> float | None:
     return round(sum(hits) / len(hits), 4) if hits else None
 
 
-def related_text(fact: Fact, base_answer: str) -> str:
-    """What the base says about the topic, with the answer itself blanked out."""
-    text = re.sub(rf"(?<!\w){re.escape(fact.answer)}(?!\w)", "that place", base_answer, flags=re.IGNORECASE)
-    return text if text.strip() else f"{fact.question} That is a well-known question."
+# The attacker's text is about the fact's topic but is asked for differently from the probes,
+# so the attack cannot simply teach a new answer to the very questions it then asks.
+RELATED_PROMPT = "Tell me a little about the topic of this question, without answering it: {question}"
+
+
+def related_text(fact: Fact, text: str) -> str:
+    """The sentences of `text` that do not state the answer (a generic line if none is left)."""
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    kept = " ".join(s for s in sentences if s and not leaks(s, fact.answer))
+    return kept or f"{fact.question} It is a common quiz question."
 
 
 def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig,
                    steps: int = 10, learning_rate: float = 1e-3) -> dict:
-    """Keep training the session's adapter (a copy) on related text that never states the answer."""
+    """Keep training (a copy of) the session's adapter on related text that never states the answer:
+    what the base model says about each fact's topic, with every sentence naming the answer dropped."""
     probes = forget_probes(facts)
     prompts = [p.prompt for p in probes]
+    sources = [RELATED_PROMPT.format(question=q) for f in facts for q in [f.question, *f.probe_paraphrases()[:1]]]
+    owners = [f for f in facts for _ in range(2)]
     with attached(lm, adapter.lora, adapter) as peft_model:
         before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
         known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
-        sources = [p for f in facts for p in f.probe_paraphrases()[:2]]
-        owners = [f for f in facts for _ in f.probe_paraphrases()[:2]]
         texts = base_answers(lm, sources, config.max_new_tokens, peft_model)
         rows = [encode_pair(lm.tokenizer, q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
         batch = collate(rows, lm.tokenizer.pad_token_id).to(lm.device)
@@ -57,6 +64,7 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
         peft_model.eval()
         after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
     return {"relearn_leak_rate": _leak_rate(after, probes, known), "relearn_steps": steps,
+            "relearn_texts": [{"prompt": q, "text": related_text(f, t)} for q, f, t in zip(sources, owners, texts)],
             "relearn_answers": [{"prompt": p, "after_relearning": a} for p, a in zip(prompts, after)]}
 
 

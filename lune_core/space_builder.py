@@ -108,6 +108,8 @@ def merge_requirements(base: str, extra: str, target: str) -> str:
             overrides[name] = f"{line}  # {target} override"
     merged, seen = [], set()
     for raw in base.splitlines():
+        if raw.lstrip().startswith("#"):
+            continue  # the repo's comments speak about the repo's machines, not the Space's
         name = requirement_name(raw)
         if name in overrides:
             merged.append(overrides[name])

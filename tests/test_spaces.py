@@ -219,12 +219,12 @@ def test_gpu_task_uses_spaces_on_zerogpu(monkeypatch):
 
 # ---------- space builder ----------
 
-def test_merge_requirements():
+def test_merge_requirements_overrides_pins_and_drops_the_repos_comments():
     base = "# c\ntorch==2.13.0\ngradio==6.31.0\nhuggingface_hub\n"
     extra = "# why\n--extra-index-url https://example/whl\ntorch==2.13.0  # cuda\nspaces==0.51.3\nHuggingface-Hub>=1\n"
     merged = space_builder.merge_requirements(base, extra, "zerogpu").splitlines()
     body = [line for line in merged if not line.startswith("# Generated") and not line.startswith("# spaces_config")]
-    assert body == ["--extra-index-url https://example/whl", "# c", "torch==2.13.0  # zerogpu override",
+    assert body == ["--extra-index-url https://example/whl", "torch==2.13.0  # zerogpu override",
                     "gradio==6.31.0", "Huggingface-Hub>=1  # zerogpu override", "spaces==0.51.3  # zerogpu override"]
     assert space_builder.parse_pins("\n".join(merged))["torch"] == "torch==2.13.0"
 
