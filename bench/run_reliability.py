@@ -116,7 +116,7 @@ def write_report(path: Path, results, cycles, settings, seconds, app_log_has_tok
         "", "## Repeated runs", "",
         f"{len(cycles)} unlearn/reset cycles in one process on the embedded model (SmolLM2-135M-Instruct, "
         f"4-bit NF4), each a {settings['steps']}-step run on one fact followed by Reset. Figures after "
-        "each reset.", "",
+        "each reset (which collects garbage and hands freed heap memory back to the system).", "",
         "| cycle | seconds | resident memory (MB) | live tensors | optimizers | LoRA layers | adapter freed |",
         "|---|---|---|---|---|---|---|",
         *[f"| {c['cycle']} | {c['seconds']} | {c['rss_mb']} | {c['tensors']} | {c['optimizers']} | "
