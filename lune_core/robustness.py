@@ -31,14 +31,13 @@ RELATED_PROMPT = "Tell me a little about the topic of this question, without ans
 
 
 def related_text(fact: Fact, text: str) -> str:
-    """The sentences of `text` that do not state the answer (a generic line if none is left)."""
+    """The sentences of `text` that do not state the answer ('' if none is left)."""
     sentences = re.split(r"(?<=[.!?])\s+", text.strip())
-    kept = " ".join(s for s in sentences if s and not leaks(s, fact.answer))
-    return kept or f"{fact.question} It is a common quiz question."
+    return " ".join(s for s in sentences if s and not leaks(s, fact.answer))
 
 
 def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig,
-                   steps: int = 10, learning_rate: float = 1e-3) -> dict:
+                   steps: int = 10, learning_rate: float = 1e-4) -> dict:
     """Keep training (a copy of) the session's adapter on related text that never states the answer:
     what the base model says about each fact's topic, with every sentence naming the answer dropped."""
     probes = forget_probes(facts)
@@ -49,7 +48,11 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
         before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
         known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
         texts = base_answers(lm, sources, config.max_new_tokens, peft_model)
-        rows = [encode_pair(lm.tokenizer, q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
+        # At 1e-3 the adapter learnt these few texts by heart and said them to every probe: that
+        # hides the fact as well as unlearning does, so the attack runs at a fine-tuning-like 1e-4.
+        pairs = [(q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
+        pairs = [(q, t) for q, t in pairs if t] or [(q, f.question) for q, f in zip(sources, owners)]
+        rows = [encode_pair(lm.tokenizer, q, t) for q, t in pairs]
         batch = collate(rows, lm.tokenizer.pad_token_id).to(lm.device)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=learning_rate)
@@ -64,7 +67,7 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
         peft_model.eval()
         after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
     return {"relearn_leak_rate": _leak_rate(after, probes, known), "relearn_steps": steps,
-            "relearn_texts": [{"prompt": q, "text": related_text(f, t)} for q, f, t in zip(sources, owners, texts)],
+            "relearn_texts": [{"prompt": q, "text": t} for q, t in pairs],
             "relearn_answers": [{"prompt": p, "after_relearning": a} for p, a in zip(prompts, after)]}
 
 

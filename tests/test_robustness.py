@@ -15,7 +15,7 @@ def test_related_text_drops_every_sentence_that_states_the_answer():
     fact = facts_from_records(FACTS)[0]
     text = "France is in Europe. Its capital is Paris. It is famous for wine!  PARIS has museums."
     assert related_text(fact, text) == "France is in Europe. It is famous for wine!"
-    assert not leaks(related_text(fact, "Paris. Paris."), "Paris")
+    assert related_text(fact, "Paris. Paris.") == ""
 
 
 def test_relearning_trains_a_copy_and_leaves_the_sessions_adapter_as_it_was():
