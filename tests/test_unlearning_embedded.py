@@ -42,11 +42,13 @@ def lost(report):
 
 
 def test_most_general_answers_the_model_got_right_stay_right(report):
-    # A regression guard at what the method reaches today (0.875 measured on 2026-11-27).
+    # A regression guard below what the method reaches (0.875 with an anchor pool of 16; the pool
+    # of 32 reached the 0.9 target below in a clean-clone run on 2026-11-27).
     assert report["metrics"]["general_retention"] >= 0.8, lost(report)
 
 
-@pytest.mark.xfail(reason="known gap: retention on held-out facts measured 0.875, target 0.9; "
+@pytest.mark.xfail(reason="target: 0.9 passed once with the anchor pool of 32 (was 0.875); one seed is "
+                          "2 questions of margin, so it stays a target until more runs agree; "
                           "see docs/benchmarks.md", strict=False)
 def test_general_retention_reaches_the_target(report):
     assert report["metrics"]["general_retention"] >= 0.9, lost(report)
