@@ -28,7 +28,7 @@ FULL_FT_LR = 2e-5  # the usual full fine-tuning rate for a model of this size
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
            "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run",
            "relearn_leak_rate", "requant_leak_rate"]
-# Facts not used while tuning the defaults (those were France, gold and Romeo and Juliet).
+# Facts not used while tuning the defaults (those were France, gold, Romeo and Juliet and Hamlet).
 FACT_PICKS = [("capitals", 1), ("science_symbols", 0), ("authors", 1), ("capitals", 3), ("science_symbols", 4),
               ("authors", 4), ("capitals", 6), ("science_symbols", 7), ("authors", 6), ("capitals", 8)]
 
