@@ -8,9 +8,7 @@ import sys
 from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .facts import FactError, load_facts, parse_sentences, validate_facts
 from .losses import METHODS
-from .models import EMBEDDED_MODEL, ModelLoadError, redact_token
-
-MAX_MESSAGE_CHARS = 300
+from .models import EMBEDDED_MODEL, ModelLoadError, short_message
 
 
 class UsageError(Exception):
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_run(args)
     except (UsageError, FactError, ModelLoadError, ValueError, OSError, MemoryError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"error: {redact_token(message[:MAX_MESSAGE_CHARS])}", file=sys.stderr)
+        print(f"error: {short_message(message)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

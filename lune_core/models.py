@@ -200,6 +200,14 @@ def redact_token(text: str) -> str:
     return text.replace(token, "[HF_TOKEN]") if len(token) >= 8 else text
 
 
+MAX_MESSAGE_CHARS = 300  # an error line for the page or the terminal, not a dump
+
+
+def short_message(text: str) -> str:
+    """An error message as the page and the CLI show it: token blanked first, then cut short."""
+    return redact_token(text)[:MAX_MESSAGE_CHARS]
+
+
 def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: str | None = None,
                compute_dtype: torch.dtype | None = None) -> LoadedModel:
     """Load a model for unlearning; errors come back as ModelLoadError with a readable message."""

@@ -32,7 +32,7 @@ from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
 from .facts import Fact, FactError, facts_from_records, is_blank, leaks, parse_sentences, read_jsonl
 from .models import (EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError, free_memory, load_model, pick_device,
-                     redact_token)
+                     redact_token, short_message)
 from .runner import ASSETS, RunResult, answer_with, load_anchors, load_general, run_unlearning
 from .zerogpu import gpu_duration, gpu_task
 
@@ -62,7 +62,6 @@ LIMITS = RunLimits(
     max_new_tokens=DEPLOY.limits.max_new_tokens,
     max_general_prompts=DEPLOY.limits.max_general_prompts,
 ).with_env()
-MAX_MESSAGE_CHARS = 300  # an error line in the page, not a dump
 
 
 # ---- shared base models ----------------------------------------------------------------------
@@ -637,7 +636,7 @@ def export_files(session: Session) -> list[str]:
 def user_message(err: BaseException) -> str:
     """The line shown in the page for an error; internals stay in the server log."""
     if isinstance(err, (UserError, FactError, ModelLoadError)):
-        return redact_token(str(err)[:MAX_MESSAGE_CHARS])
+        return short_message(str(err))
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         free_memory()
         return "out of memory: try fewer facts, fewer general questions, a lower LoRA rank or a smaller model"
