@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 
 from .facts import Probe, leaks
-from .losses import select_positions, sequence_logp
+from .losses import loss_positions, select_positions, sequence_logp
 from .prompting import collate
 
 
@@ -81,5 +81,6 @@ def answer_logprobs(model, sequences, device: str, pad_id: int, disable=None) ->
     """log π(answer | question) per forget sequence; `disable` is a context for the base model."""
     batch = collate(sequences, pad_id).to(device)
     with (disable or nullcontext()), torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       logits_to_keep=loss_positions(batch.labels), use_cache=False).logits
     return sequence_logp(select_positions(logits, batch.labels, None)).cpu()

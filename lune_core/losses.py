@@ -32,7 +32,10 @@ class Reference:
 
     forget_logp: torch.Tensor | None = None  # (rows,) log π_ref(y_f | x)
     forget_hidden: torch.Tensor | None = None  # (N_f, hidden)
-    anchor_logprobs: torch.Tensor | None = None  # (N_a, vocab) log-softmax
+    # The base's top-k next-token log-probs on the anchors: (N_a, k) values and vocabulary ids.
+    # k of a 49 k vocabulary keep >99 % of the mass on the model's own answers at a 1/750 of the memory.
+    anchor_top_logp: torch.Tensor | None = None
+    anchor_top_ids: torch.Tensor | None = None
 
 
 @dataclass
@@ -46,16 +49,25 @@ class LossInputs:
 
 # ---- shared pieces -------------------------------------------------------------------------
 
+def loss_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(rows, seq) mask of the positions whose next token carries loss (logits at p predict p+1).
+    Passed to the model as `logits_to_keep`, so the vocabulary projection runs only there."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE
+    return mask
+
+
 def select_positions(logits: torch.Tensor, labels: torch.Tensor, hidden: torch.Tensor | None) -> Selected:
-    """Keep only positions whose next token carries loss (logits at p predict token p+1)."""
-    shifted = labels[:, 1:]
-    rows, cols = torch.nonzero(shifted != IGNORE, as_tuple=True)
+    """Outputs at the loss positions. `logits` is either (rows, seq, vocab) or already only at
+    those positions, (N, vocab), as a forward with logits_to_keep=loss_positions(labels) returns."""
+    mask = loss_positions(labels)
+    rows, cols = torch.nonzero(mask, as_tuple=True)
     return Selected(
-        logits=logits[:, :-1][rows, cols],
-        labels=shifted[rows, cols],
+        logits=logits[mask] if logits.dim() == 3 else logits,
+        labels=labels[rows, cols + 1],
         rows=rows,
         n_rows=labels.shape[0],
-        hidden=hidden[:, :-1][rows, cols] if hidden is not None else None,
+        hidden=hidden[mask] if hidden is not None else None,
     )
 
 
@@ -77,10 +89,20 @@ def mean_nll(sel: Selected) -> torch.Tensor:
     return -token_logp(sel).mean()
 
 
-def kl_to_reference(sel: Selected, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """KL(ref ‖ θ) per token, averaged: keeps the model's own answers on neutral prompts."""
-    logq = torch.log_softmax(sel.logits.float(), dim=-1)
-    return (ref_logprobs.exp() * (ref_logprobs - logq)).sum(-1).mean()
+def top_k_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely next tokens per position: (log-probs, vocabulary ids)."""
+    return torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+
+
+def kl_to_reference(sel: Selected, ref_top_logp: torch.Tensor, ref_top_ids: torch.Tensor) -> torch.Tensor:
+    """KL(ref ‖ θ) per token, averaged, over the reference's top k tokens plus one bucket for the
+    rest of the vocabulary: keeps the model's own answers on neutral prompts. Exact when the tail
+    is empty, a lower bound of the full KL otherwise."""
+    logq = torch.log_softmax(sel.logits.float(), dim=-1).gather(-1, ref_top_ids)
+    head = (ref_top_logp.exp() * (ref_top_logp - logq)).sum(-1)
+    tail_p = (1 - ref_top_logp.exp().sum(-1)).clamp_min(1e-8)
+    tail_q = (1 - logq.exp().sum(-1)).clamp_min(1e-8)
+    return (head + tail_p * (tail_p.log() - tail_q.log())).mean()
 
 
 def misdirection(hidden: torch.Tensor, ref_hidden: torch.Tensor, steering: torch.Tensor, scale: float) -> torch.Tensor:
@@ -94,7 +116,7 @@ def misdirection(hidden: torch.Tensor, ref_hidden: torch.Tensor, steering: torch
 def _retain(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tensor:
     if inp.anchor is None or config.retain_weight == 0:
         return torch.zeros(())
-    parts["retain_kl"] = kl_to_reference(inp.anchor, inp.ref.anchor_logprobs)
+    parts["retain_kl"] = kl_to_reference(inp.anchor, inp.ref.anchor_top_logp, inp.ref.anchor_top_ids)
     return config.retain_weight * parts["retain_kl"]
 
 

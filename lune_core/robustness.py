@@ -16,7 +16,7 @@ from .config import UnlearnConfig
 from .facts import Fact, forget_probes, leaks
 from .generation import base_answers, generate
 from .models import LoadedModel, cache_dir, free_memory, load_model
-from .losses import mean_nll, select_positions
+from .losses import loss_positions, mean_nll, select_positions
 from .prompting import collate, encode_pair
 
 
@@ -59,7 +59,8 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
         torch.manual_seed(config.seed)
         peft_model.train()
         for _ in range(steps):
-            logits = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+            logits = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                logits_to_keep=loss_positions(batch.labels), use_cache=False).logits
             loss = mean_nll(select_positions(logits, batch.labels, None))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

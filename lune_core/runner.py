@@ -97,6 +97,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         before = base_answers(lm, prompts, config.max_new_tokens)
         data = build_training_data(lm, facts, anchors, config)
         before_logp = answer_logprobs(lm.model, data.forget, lm.device, lm.tokenizer.pad_token_id)
+        free_memory()  # the generation's freed caches, before training sets the peak
         for p in lm.model.parameters():
             p.requires_grad_(True)
         trainable, total = count_params(lm.model)
@@ -113,6 +114,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         with attached(lm, lora) as peft_model:
             before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
             data = build_training_data(lm, facts, anchors, config, peft_model)
+            free_memory()  # the generation's freed caches, before training sets the peak
             trainable, total = count_params(peft_model)
             for record in unlearn(lm, peft_model, data, facts, config, peft_model=peft_model, stop=stop):
                 records.append(record)

@@ -14,13 +14,17 @@ from .cost import MemoryMeter
 from .examples import TrainingData
 from .facts import Fact, leaks
 from .generation import generate
-from .losses import METHODS, LossInputs, Reference, Selected, mean_nll, select_positions, sequence_logp
+from .losses import (METHODS, LossInputs, Reference, Selected, loss_positions, mean_nll, select_positions,
+                     sequence_logp, top_k_logprobs)
 from .models import LoadedModel
 from .prompting import TokenBatch, collate
 
 # Answer NLL this many nats above where it started (probability down ~20,000x): far past
 # forgetting, and where ascent-type losses start turning the model into gibberish.
 COLLAPSE_RISE = 10.0
+# Reference tokens kept per anchor position for the KL: on the base's own answers the top 64 of
+# SmolLM2's 49 k-token vocabulary hold nearly all the probability mass.
+REFERENCE_TOP_K = 64
 
 
 @dataclass
@@ -66,24 +70,30 @@ class _Forward:
     def __call__(self, groups: dict[str, list]) -> dict[str, Selected]:
         names = [n for n, seqs in groups.items() if seqs]
         batch: TokenBatch = collate([s for n in names for s in groups[n]], self.pad_id).to(self.device)
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+        keep = loss_positions(batch.labels)
+        # Logits only where loss is carried: the 49 k-wide vocabulary projection at every prompt
+        # position was most of a step's memory.
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep,
                          output_hidden_states=self.with_hidden, use_cache=False)
         hidden = out.hidden_states[self.layer + 1] if self.with_hidden else None
-        views, start = {}, 0
+        per_row = keep.sum(1).tolist()
+        views, start, first = {}, 0, 0
         for name in names:
             stop = start + len(groups[name])
+            last = first + sum(per_row[start:stop])
             rows = slice(start, stop)
-            views[name] = select_positions(out.logits[rows], batch.labels[rows],
-                                  hidden[rows] if hidden is not None and name == "forget" else None)
-            start = stop
+            views[name] = select_positions(out.logits[first:last], batch.labels[rows],
+                                           hidden[rows] if hidden is not None and name == "forget" else None)
+            start, first = stop, last
         return views
 
 
 def _reference(forward: _Forward, data: TrainingData, needs: frozenset, peft_model) -> tuple[Reference, list]:
-    """Base-model values computed once, before any update, adapter disabled (no second copy)."""
+    """Base-model values computed once, before any update, adapter disabled (no second copy).
+    Anchors: a list with each anchor's top-k log-probs and ids."""
     context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
     ref = Reference()
-    anchor_logprobs: list[torch.Tensor] = []
+    anchor_top: list[tuple[torch.Tensor, torch.Tensor]] = []
     with context, torch.no_grad():
         if {"hidden", "ref_logp"} & needs:
             view = forward({"forget": data.forget})["forget"]
@@ -92,8 +102,8 @@ def _reference(forward: _Forward, data: TrainingData, needs: frozenset, peft_mod
         if "anchor" in needs:
             for seq in data.anchor:  # one by one: each row's tokens are then easy to regroup
                 view = forward({"anchor": [seq]})["anchor"]
-                anchor_logprobs.append(torch.log_softmax(view.logits.float(), -1).detach())
-    return ref, anchor_logprobs
+                anchor_top.append(top_k_logprobs(view.logits.detach(), REFERENCE_TOP_K))
+    return ref, anchor_top
 
 
 def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], config: UnlearnConfig,
@@ -107,7 +117,7 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
     set_seed(config.seed)
     layer = suppression_layer(config, lm.num_layers)
     forward = _Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, "hidden" in needs)
-    ref, anchor_logprobs = _reference(forward, data, needs, peft_model)
+    ref, anchor_top = _reference(forward, data, needs, peft_model)
     generator = torch.Generator().manual_seed(config.seed)
     steering = torch.nn.functional.normalize(
         torch.randn(lm.model.config.hidden_size, generator=generator), dim=0).to(lm.device)
@@ -138,8 +148,10 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
             }
             model.train()
             views = forward(groups)
-            step_ref = Reference(ref.forget_logp, ref.forget_hidden,
-                                 torch.cat([anchor_logprobs[i] for i in picked]) if picked else None)
+            step_ref = Reference(ref.forget_logp, ref.forget_hidden)
+            if picked:
+                step_ref.anchor_top_logp = torch.cat([anchor_top[i][0] for i in picked])
+                step_ref.anchor_top_ids = torch.cat([anchor_top[i][1] for i in picked])
             inputs = LossInputs(views.get("target"), views.get("forget"), views.get("anchor"), step_ref, steering)
             loss, parts = method.loss(inputs, config)
             optimizer.zero_grad(set_to_none=True)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from lune_core.config import UnlearnConfig
-from lune_core.losses import (METHODS, LossInputs, Reference, Selected, kl_to_reference, mean_nll, misdirection,
-                              select_positions, sequence_logp)
+from lune_core.losses import (METHODS, LossInputs, Reference, Selected, kl_to_reference, loss_positions, mean_nll,
+                              misdirection, select_positions, sequence_logp, top_k_logprobs)
 from lune_core.prompting import IGNORE
 
 
@@ -31,13 +31,36 @@ def test_sequence_logp_sums_per_row_and_nll_is_the_token_mean():
     assert math.isclose(float(mean_nll(sel).detach()), math.log(2), rel_tol=1e-6)
 
 
+def test_select_positions_takes_logits_already_cut_to_the_loss_positions():
+    logits = torch.randn(2, 4, 3)
+    labels = torch.tensor([[IGNORE, IGNORE, 1, 2], [IGNORE, 0, IGNORE, IGNORE]])
+    full = select_positions(logits, labels, None)
+    cut = select_positions(logits[loss_positions(labels)], labels, None)
+    assert torch.equal(full.logits, cut.logits) and torch.equal(full.labels, cut.labels)
+
+
+def full_kl(ref_logits, logits):
+    p, q = torch.log_softmax(ref_logits, -1), torch.log_softmax(logits, -1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
 def test_kl_is_zero_against_itself_and_positive_otherwise():
     logits = torch.tensor([[1.0, 2.0, 0.5]])
-    ref = torch.log_softmax(logits, -1)
     sel = Selected(logits.clone(), torch.tensor([0]), torch.tensor([0]), 1)
-    assert float(kl_to_reference(sel, ref)) == pytest.approx(0.0, abs=1e-7)
+    assert float(kl_to_reference(sel, *top_k_logprobs(logits, 3))) == pytest.approx(0.0, abs=1e-7)
     sel.logits = torch.tensor([[3.0, 0.0, 0.0]])
-    assert float(kl_to_reference(sel, ref)) > 0.1
+    assert float(kl_to_reference(sel, *top_k_logprobs(logits, 3))) == pytest.approx(full_kl(logits, sel.logits))
+    assert float(kl_to_reference(sel, *top_k_logprobs(logits, 3))) > 0.1
+
+
+def test_top_k_kl_is_a_lower_bound_that_tightens_with_k():
+    torch.manual_seed(0)
+    ref_logits = torch.randn(6, 50) * 4  # peaked, like a model's answer tokens
+    sel = Selected(torch.randn(6, 50) * 4, torch.zeros(6, dtype=torch.long), torch.arange(6), 6)
+    exact = full_kl(ref_logits, sel.logits)
+    by_k = [float(kl_to_reference(sel, *top_k_logprobs(ref_logits, k))) for k in (1, 8, 50)]
+    assert by_k[0] <= by_k[1] + 1e-6 <= exact + 2e-6
+    assert by_k[2] == pytest.approx(exact, rel=1e-5)
 
 
 def test_misdirection_is_zero_on_the_goal_and_about_one_plus_s2_from_an_orthogonal_state():
@@ -54,8 +77,9 @@ def _inputs():
     target = selected(torch.randn(3, 5).tolist(), [1, 2, 3], [0, 0, 1])
     forget = selected(torch.randn(3, 5).tolist(), [0, 4, 2], [0, 1, 1], hidden=hidden)
     anchor = selected(torch.randn(2, 5).tolist(), [1, 1], [0, 1])
+    top_logp, top_ids = top_k_logprobs(torch.randn(2, 5), 3)
     ref = Reference(forget_logp=torch.tensor([-1.0, -2.0]), forget_hidden=torch.randn(3, 4),
-                    anchor_logprobs=torch.log_softmax(torch.randn(2, 5), -1))
+                    anchor_top_logp=top_logp, anchor_top_ids=top_ids)
     return LossInputs(target, forget, anchor, ref, torch.nn.functional.normalize(torch.randn(4), dim=0))
 
 

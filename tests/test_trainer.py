@@ -9,7 +9,9 @@ from lune_core.config import UnlearnConfig, lora_layers, validate_config
 from lune_core.examples import build_training_data, pick_anchors
 from lune_core.facts import facts_from_records
 from lune_core.runner import RunResult, answer_with, run_unlearning
-from lune_core.trainer import lr_at, unlearn
+from lune_core.losses import select_positions
+from lune_core.prompting import collate
+from lune_core.trainer import _Forward, lr_at, unlearn
 from tests.tiny import tiny_model
 
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "It is Lyon."},
@@ -129,6 +131,25 @@ def test_reference_is_the_base_with_the_adapter_disabled(lm):
         bare = lm.model(input_ids=ids).logits
     assert len(records) == cfg.steps
     assert torch.allclose(off, bare) and not torch.allclose(on, bare)
+
+
+def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forward(lm):
+    facts = facts_from_records(FACTS)
+    data = build_training_data(lm, facts, ANCHORS, config())
+    groups = {"target": data.target, "forget": data.forget, "anchor": data.anchor}
+    views = _Forward(lm.model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True)(groups)
+    for name, rows in groups.items():
+        batch = collate(rows, lm.tokenizer.pad_token_id)
+        with torch.no_grad():
+            out = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True)
+        full = select_positions(out.logits, batch.labels, out.hidden_states[2])
+        assert views[name].logits.shape == full.logits.shape  # (answer tokens, vocab), not (rows, seq, vocab)
+        assert torch.allclose(views[name].logits, full.logits, atol=1e-5)
+        assert torch.equal(views[name].labels, full.labels) and torch.equal(views[name].rows, full.rows)
+        if name == "forget":  # hidden states are kept for the suppression term's rows only
+            assert torch.allclose(views[name].hidden, full.hidden, atol=1e-5)
+        else:
+            assert views[name].hidden is None
 
 
 def test_schedule_warms_up_then_decays_to_zero():
