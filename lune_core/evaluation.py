@@ -7,8 +7,8 @@ from contextlib import nullcontext
 import torch
 
 from .facts import Probe, leaks
-from .losses import loss_positions, select_positions, sequence_logp
-from .prompting import collate
+from .losses import sequence_logp
+from .trainer import Forward
 
 
 def is_degenerate(text: str) -> bool:
@@ -79,8 +79,5 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None) -> dict:
 
 def answer_logprobs(model, sequences, device: str, pad_id: int, disable=None) -> torch.Tensor:
     """log π(answer | question) per forget sequence; `disable` is a context for the base model."""
-    batch = collate(sequences, pad_id).to(device)
     with (disable or nullcontext()), torch.no_grad():
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       logits_to_keep=loss_positions(batch.labels), use_cache=False).logits
-    return sequence_logp(select_positions(logits, batch.labels, None)).cpu()
+        return sequence_logp(Forward(model, device, pad_id)({"answers": sequences})["answers"]).cpu()

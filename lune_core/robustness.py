@@ -16,8 +16,9 @@ from .config import UnlearnConfig
 from .facts import Fact, forget_probes, leaks
 from .generation import base_answers, generate
 from .models import LoadedModel, cache_dir, free_memory, load_model
-from .losses import loss_positions, mean_nll, select_positions
-from .prompting import collate, encode_pair
+from .losses import mean_nll
+from .prompting import encode_pair
+from .trainer import Forward
 
 
 def _leak_rate(answers: list[str], probes, known: list[bool]) -> float | None:
@@ -53,15 +54,13 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
         pairs = [(q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
         pairs = [(q, t) for q, t in pairs if t] or [(q, f.question) for q, f in zip(sources, owners)]
         rows = [encode_pair(lm.tokenizer, q, t) for q, t in pairs]
-        batch = collate(rows, lm.tokenizer.pad_token_id).to(lm.device)
+        forward = Forward(peft_model, lm.device, lm.tokenizer.pad_token_id)
         params = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=learning_rate)
         torch.manual_seed(config.seed)
         peft_model.train()
         for _ in range(steps):
-            logits = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                logits_to_keep=loss_positions(batch.labels), use_cache=False).logits
-            loss = mean_nll(select_positions(logits, batch.labels, None))
+            loss = mean_nll(forward({"related": rows})["related"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -61,10 +61,11 @@ def lr_at(step: int, config: UnlearnConfig) -> float:
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class _Forward:
-    """One padded forward over every group a method needs, split back into Selected views."""
+class Forward:
+    """One padded forward over every group a method needs, split back into Selected views: the one
+    place that asks the model for logits (and the suppression layer's states) at loss positions."""
 
-    def __init__(self, model, device: str, pad_id: int, layer: int, with_hidden: bool):
+    def __init__(self, model, device: str, pad_id: int, layer: int = 0, with_hidden: bool = False):
         self.model, self.device, self.pad_id, self.layer, self.with_hidden = model, device, pad_id, layer, with_hidden
 
     def __call__(self, groups: dict[str, list]) -> dict[str, Selected]:
@@ -88,7 +89,7 @@ class _Forward:
         return views
 
 
-def _reference(forward: _Forward, data: TrainingData, needs: frozenset, peft_model) -> tuple[Reference, list]:
+def _reference(forward: Forward, data: TrainingData, needs: frozenset, peft_model) -> tuple[Reference, list]:
     """Base-model values computed once, before any update, adapter disabled (no second copy).
     Anchors: a list with each anchor's top-k log-probs and ids."""
     context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
@@ -116,7 +117,7 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
     needs = method.needs if config.retain_weight > 0 else method.needs - {"anchor"}
     set_seed(config.seed)
     layer = suppression_layer(config, lm.num_layers)
-    forward = _Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, "hidden" in needs)
+    forward = Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, "hidden" in needs)
     ref, anchor_top = _reference(forward, data, needs, peft_model)
     generator = torch.Generator().manual_seed(config.seed)
     steering = torch.nn.functional.normalize(

@@ -11,7 +11,7 @@ from lune_core.facts import facts_from_records
 from lune_core.runner import RunResult, answer_with, run_unlearning
 from lune_core.losses import select_positions
 from lune_core.prompting import collate
-from lune_core.trainer import _Forward, lr_at, unlearn
+from lune_core.trainer import Forward, lr_at, unlearn
 from tests.tiny import tiny_model
 
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "It is Lyon."},
@@ -137,7 +137,7 @@ def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forwa
     facts = facts_from_records(FACTS)
     data = build_training_data(lm, facts, ANCHORS, config())
     groups = {"target": data.target, "forget": data.forget, "anchor": data.anchor}
-    views = _Forward(lm.model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True)(groups)
+    views = Forward(lm.model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True)(groups)
     for name, rows in groups.items():
         batch = collate(rows, lm.tokenizer.pad_token_id)
         with torch.no_grad():
