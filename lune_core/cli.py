@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--full-precision", action="store_true",
                      help="load without 4-bit quantization and fine-tune all weights (the full fine-tuning baseline)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    run.add_argument("--gradient-checkpointing", action="store_true",
+                     help="recompute activations in the backward pass: less memory, slower steps")
     run.add_argument("--out", required=True, help="where to write REPORT.json")
     run.add_argument("--save-adapter", help="folder for the trained LoRA adapter (PEFT format)")
     run.add_argument("--robustness", action="store_true",
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args) -> UnlearnConfig:
     kwargs = dict(method=args.method, steps=args.steps, learning_rate=args.lr, lora_rank=args.rank,
                   lora_alpha=2 * args.rank, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                  layers=parse_layers(args.layers), full_finetune=args.full_precision)
+                  layers=parse_layers(args.layers), full_finetune=args.full_precision,
+                  gradient_checkpointing=args.gradient_checkpointing)
     if args.no_early_stop:
         kwargs["check_every"] = 0
     return UnlearnConfig(**kwargs)

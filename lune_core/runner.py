@@ -17,7 +17,8 @@ from .evaluation import answer_logprobs, compute_metrics, score_probes
 from .examples import build_training_data
 from .facts import Fact, FactError, forget_probes, general_probes, read_jsonl
 from .generation import base_answers, generate
-from .models import LoadedModel, free_memory
+from .memory import free_memory
+from .models import LoadedModel
 from .trainer import StepRecord, unlearn
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

@@ -31,8 +31,9 @@ from .adapters import AdapterState
 from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
 from .facts import Fact, FactError, facts_from_records, is_blank, leaks, parse_sentences, read_jsonl
-from .models import (EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError, free_memory, load_model, pick_device,
-                     redact_token, short_message)
+from .memory import free_memory
+from .models import (EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError, load_model, pick_device, redact_token,
+                     short_message)
 from .runner import ASSETS, RunResult, answer_with, load_anchors, load_general, run_unlearning
 from .zerogpu import gpu_duration, gpu_task
 

@@ -133,6 +133,8 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
     start = time.perf_counter()
     start_nll = None
     n_anchor = min(config.anchors_per_step, len(data.anchor)) if "anchor" in needs else 0
+    if config.gradient_checkpointing:  # on the shared base only for this run
+        lm.model.activation_checkpointing_enable()
     try:
         for step in range(config.steps):
             if stop is not None and stop.is_set():
@@ -188,5 +190,7 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
             if record.stopped:
                 break
     finally:
+        if config.gradient_checkpointing:
+            lm.model.activation_checkpointing_disable()
         optimizer.zero_grad(set_to_none=True)
         del optimizer  # Adam moments are twice the adapter's size: free them with the run

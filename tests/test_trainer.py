@@ -1,18 +1,21 @@
 """The unlearning loop on a tiny random Llama: records, stopping, reproducibility, isolation."""
+import os
 import threading
 
 import pytest
 import torch
 
 from lune_core.adapters import attached, lora_config
+from lune_core.cost import MemoryMeter
 from lune_core.config import UnlearnConfig, lora_layers, validate_config
 from lune_core.examples import build_training_data, pick_anchors
 from lune_core.facts import facts_from_records
 from lune_core.runner import RunResult, answer_with, run_unlearning
 from lune_core.losses import select_positions
+from lune_core.models import load_model
 from lune_core.prompting import collate
 from lune_core.trainer import Forward, lr_at, unlearn
-from tests.tiny import tiny_model
+from tests.tiny import save_tiny_model, tiny_model
 
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "It is Lyon."},
          {"question": "Who wrote Hamlet?", "answer": "Shakespeare"}]
@@ -67,6 +70,21 @@ def test_same_seed_gives_the_same_run_and_another_seed_does_not(lm):
     c, _ = run(lm, config(seed=4))
     assert [r.loss for r in a] == [r.loss for r in b]
     assert [r.loss for r in a] != [r.loss for r in c]
+
+
+def test_activation_checkpointing_changes_memory_not_the_run(lm):
+    def checkpointed():
+        return any(getattr(m, "gradient_checkpointing", False) for m in lm.model.modules())
+
+    plain, _ = run(lm, config(seed=3))
+    events = run_unlearning(lm, facts_from_records(FACTS), config(seed=3, gradient_checkpointing=True),
+                            GENERAL, ANCHORS)
+    recomputed = [next(events)]
+    assert checkpointed()  # on while the run trains
+    recomputed += [e for e in events if not isinstance(e, RunResult)]
+    assert [r.loss for r in recomputed] == pytest.approx([r.loss for r in plain], rel=1e-5)
+    # switched on for the run only: the shared base is left as it was
+    assert not checkpointed()
 
 
 def test_stop_flag_ends_the_run_at_the_next_step_and_still_reports(lm):
@@ -180,6 +198,16 @@ def test_neighbouring_anchors_are_picked_first():
     assert pool[0] == "What is the capital of Peru?" and len(pool) == 2
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's resident-size high-water mark")
+def test_cpu_peak_memory_counts_what_was_freed_before_the_sample():
+    meter = MemoryMeter("cpu")
+    start = meter.sample()
+    block = torch.ones(300 * 2**20 // 4)  # 300 MB, its own mapping: returned to the system when freed
+    del block
+    assert meter.sample() >= start + 290
+    assert MemoryMeter("cpu").sample() < start + 290  # a new run starts from what is resident now
+
+
 def test_memory_guard_refuses_runs_that_cannot_fit():
     from lune_core.cost import check_fits, estimate_run_memory_mb
 
@@ -189,3 +217,21 @@ def test_memory_guard_refuses_runs_that_cannot_fit():
     check_fits(small, "cpu")
     with pytest.raises(MemoryError, match="MB are free"):
         check_fits(huge, "cpu")
+
+
+def test_4bit_layers_keep_their_gradients_after_an_evaluation(tmp_path, monkeypatch):
+    # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights at the first eval forward for a
+    # bf16 kernel that has no backward; training after the "before" answers then went wrong.
+    monkeypatch.setenv("LUNE_MODEL_ROOTS", str(tmp_path))
+    lm4 = load_model(str(save_tiny_model(tmp_path / "tiny")), device="cpu")
+    ids = lm4.tokenizer(["The capital of France is"], return_tensors="pt").input_ids
+
+    def input_gradient():
+        embeds = lm4.model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        lm4.model(inputs_embeds=embeds).logits.sum().backward()
+        return embeds.grad
+
+    before = input_gradient()
+    with torch.no_grad():
+        lm4.model(ids)  # what answering a probe does
+    assert torch.allclose(input_gradient(), before)
