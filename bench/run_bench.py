@@ -145,6 +145,8 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              "- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
              f"- seeds {meta['seeds']}, fact sets {meta['fact_sets']}, at most {meta['max_steps']} steps "
              f"(early stop on), general set limit {meta['general_limit'] or 'all'}; wall time {meta['wall_seconds']} s",
+             "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
+             "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
              "", "| facts | method | forget | paraphrase | retention | degenerate | logprob drop | trainable params "
              "| s/step | train s | peak MB | mem / FT | step time / FT | relearn leak | requant leak |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

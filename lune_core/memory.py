@@ -9,7 +9,7 @@ import torch
 
 def free_memory() -> None:
     """glibc keeps a run's freed activations in its arenas, which reads as growth run after run.
-    (Capping glibc's mmap threshold would return them within a run too: −29 % peak on the embedded
+    (Capping glibc's mmap threshold would return them within a run too: −35 % peak on the embedded
     model, but +30 % step time, so it is not done; see docs/benchmarks_notes.md.)"""
     gc.collect()
     if torch.cuda.is_available():
