@@ -1,0 +1,33 @@
+"""The benchmark script end to end, in its smallest form: LUNE and full fine-tuning on one fact."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_path):
+    out, docs = tmp_path / "results.json", tmp_path / "docs"
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--quick", "--facts", "1", "--out", str(out),
+                           "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(rows) == {"lune", "full_ft"}
+    lune, ft = rows["lune"]["summary"], rows["full_ft"]["summary"]
+    assert lune["forget_success"]["mean"] == 1.0  # the capital of Japan, known to the model
+    # Ratios come from this same run, and LoRA trains a sliver of what full fine-tuning does.
+    ratios = rows["lune"]["vs_full_ft"]
+    assert ratios["trainable_params"] < 0.02
+    assert ratios["peak_memory_mb"] == pytest.approx(lune["peak_memory_mb"]["mean"] / ft["peak_memory_mb"]["mean"],
+                                                     abs=1e-3)
+    # The attacks ran for the LoRA run only: full fine-tuning leaves no adapter to attack.
+    assert lune["relearn_leak_rate"]["mean"] is not None and lune["requant_leak_rate"]["mean"] is not None
+    assert ft["relearn_leak_rate"]["mean"] is None
+    table = (docs / "benchmarks.md").read_text()
+    assert "| 1 | lune | 1.00 |" in table and "| 1 | full_ft |" in table
+    assert "not measured: this table has no 3-fact `lune` run" in table
+    assert "plotly" in (docs / "forget_vs_retention.html").read_text()
