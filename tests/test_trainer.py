@@ -72,7 +72,7 @@ def test_same_seed_gives_the_same_run_and_another_seed_does_not(lm):
     assert [r.loss for r in a] != [r.loss for r in c]
 
 
-def test_activation_checkpointing_changes_memory_not_the_run(lm):
+def test_activation_checkpointing_is_on_for_its_run_only_and_keeps_the_losses(lm):
     def checkpointed():
         return any(getattr(m, "gradient_checkpointing", False) for m in lm.model.modules())
 
