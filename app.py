@@ -32,12 +32,13 @@ VERDICTS = {  # word, symbol and colour: the colour is never the only signal
     "broken": ("✗ broken", "#fde68a"),
     "not known before": ("– not known before", "#e5e7eb"), "wrong before": ("– wrong before", "#e5e7eb"),
 }
-CARDS = [  # metric key, title, how to read it, format
-    ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct"),
-    ("paraphrase_success", "Paraphrase success", "same, asked in other words (higher is better)", "pct"),
-    ("general_retention", "General retention", "known general answers still right (higher is better)", "pct"),
-    ("degenerate_rate", "Degenerate answers", "empty or looping answers after (lower is better)", "pct"),
-    ("answer_logprob_drop", "Answer log-prob drop", "how much less likely the answer became (nats)", "num"),
+CARDS = [  # metric key, title, how to read it, format, the metric's value before (if any)
+    ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct", None),
+    ("paraphrase_success", "Paraphrase success", "same, asked in other words (higher is better)", "pct", None),
+    ("general_retention", "General retention", "known general answers still right (higher is better)", "pct", None),
+    ("degenerate_rate", "Degenerate answers", "empty or looping answers after (lower is better)", "pct",
+     "degenerate_rate_before"),
+    ("answer_logprob_drop", "Answer log-prob drop", "how much less likely the answer became (nats)", "num", None),
 ]
 CSS = """
 .cards {display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 10px;}
@@ -169,10 +170,13 @@ def cards_html(metrics: dict | None) -> str:
             return "–"
         return f"{100 * value:.0f} %" if kind == "pct" else f"{value:.2f}"
 
+    def before(key):
+        return f" · before: {show(metrics[key], 'pct')}" if key and metrics.get(key) is not None else ""
+
     metrics = metrics or {}
     cards = "".join(
         f"<div class='card'><div class='title'>{title}</div><div class='value'>{show(metrics.get(key), kind)}</div>"
-        f"<div class='hint'>{hint}</div></div>" for key, title, hint, kind in CARDS)
+        f"<div class='hint'>{hint}{before(base)}</div></div>" for key, title, hint, kind, base in CARDS)
     return f"<div class='cards'>{cards}</div>"
 
 

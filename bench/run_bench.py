@@ -26,7 +26,7 @@ from lune_core.facts import read_jsonl  # noqa: E402
 METHODS = ["lune", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = 2e-5  # the usual full fine-tuning rate for a model of this size
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
-           "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run",
+           "degenerate_rate_before", "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run",
            "relearn_leak_rate", "requant_leak_rate"]
 # Facts not used while tuning the defaults (those were France, gold, Romeo and Juliet and Hamlet).
 FACT_PICKS = [("capitals", 1), ("science_symbols", 0), ("authors", 1), ("capitals", 3), ("science_symbols", 4),
@@ -159,14 +159,15 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"(early stop on), general set limit {meta['general_limit'] or 'all'}; wall time {meta['wall_seconds']} s",
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
-             "", "| facts | method | forget | paraphrase | retention | degenerate | logprob drop | trainable params "
+             "", "| facts | method | forget | paraphrase | retention | degenerate (before) | logprob drop | trainable params "
              "| s/step | train s | peak MB | mem / FT | step time / FT | relearn leak | requant leak |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
         s, v = row["summary"], row.get("vs_full_ft", {})
         lines.append("| " + " | ".join([
             str(row["facts"]), row["method"], _fmt(s["forget_success"]), _fmt(s["paraphrase_success"]),
-            _fmt(s["general_retention"]), _fmt(s["degenerate_rate"]), _fmt(s["answer_logprob_drop"]),
+            _fmt(s["general_retention"]), f"{_fmt(s['degenerate_rate'])} ({_fmt(s['degenerate_rate_before'])})",
+            _fmt(s["answer_logprob_drop"]),
             f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
             _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", "")),
             _fmt(s["relearn_leak_rate"]), _fmt(s["requant_leak_rate"])]) + " |")

@@ -46,7 +46,7 @@ def score_probes(probes: list[Probe], before: list[str], after: list[str]) -> li
         hit_b, hit_a = is_correct(b, probe.expected), is_correct(a, probe.expected)
         row = {"kind": probe.kind, "prompt": probe.prompt, "expected": " / ".join(probe.expected),
                "before": b, "after": a, "verdict": verdict(probe.kind, b, a, probe.expected),
-               "degenerate_after": is_degenerate(a)}
+               "degenerate_before": is_degenerate(b), "degenerate_after": is_degenerate(a)}
         if probe.kind == "general":
             row.update(correct_before=hit_b, correct_after=hit_a)
         else:
@@ -72,6 +72,8 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None) -> dict:
         "general_retention": _share([r["correct_after"] for r in general if r["correct_before"]]),
         "answer_logprob_drop": None if logprob_drop is None else round(logprob_drop, 4),
         "degenerate_rate": _share([r["degenerate_after"] for r in rows]),
+        # The base model loops now and then too: the rate it starts from.
+        "degenerate_rate_before": _share([r["degenerate_before"] for r in rows]),
         "known_forget": sum(r["leaked_before"] for r in rows if r["kind"] == "forget"),
         "known_paraphrase": sum(r["leaked_before"] for r in rows if r["kind"] == "paraphrase"),
     }

@@ -18,8 +18,8 @@ COMPARISON_COLUMNS = ["kind", "prompt", "expected", "before", "after", "verdict"
 STEP_COLUMNS = ["step", "total_steps", "loss", "learning_rate", "seconds", "elapsed", "peak_memory_mb",
                 "leaks_left", "stopped"]
 CARD_METRICS = ("forget_success", "paraphrase_success", "general_retention", "general_accuracy_before",
-                "general_accuracy_after", "degenerate_rate", "answer_logprob_drop", "trainable_params",
-                "total_params", "train_seconds", "peak_memory_mb")
+                "general_accuracy_after", "degenerate_rate", "degenerate_rate_before", "answer_logprob_drop",
+                "trainable_params", "total_params", "train_seconds", "peak_memory_mb")
 
 
 def save_adapter(adapter: AdapterState, folder: str | Path, base_model: str, report: dict | None = None) -> Path:

@@ -86,6 +86,8 @@ def test_preset_unlearn_compare(page):
     cards = page.locator("#metric-cards")
     playwright.expect(cards).to_contain_text("Forget success")
     assert re.search(r"Forget success\s*\d+ %", cards.inner_text())
+    # the base model's own rate sits next to the degenerate rate, so 5 % is read against it
+    assert re.search(r"Degenerate answers\s*\d+ %.*before: \d+ %", cards.inner_text(), re.S)
     assert not page.get_by_text("Traceback").count()
     shot(page, "3-compare.png", "#compare-title")
     page.screenshot(path=str(SHOTS / "0-full-page.png"), full_page=True)

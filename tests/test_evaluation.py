@@ -1,0 +1,73 @@
+"""Scoring before/after answers: degeneration, verdicts, and the metrics named in the report."""
+import pytest
+import torch
+
+from lune_core.evaluation import answer_logprobs, compute_metrics, is_degenerate, score_probes
+from lune_core.facts import Probe
+from lune_core.prompting import encode_pair
+from tests.tiny import tiny_model
+
+
+@pytest.mark.parametrize("text, degenerate", [
+    ("", True),
+    ("... !!", True),
+    ("la femme, la femme, la femme, la femme", True),
+    ("Paris Paris Paris Paris Paris Paris", True),
+    ("I think it is Lyon, I think it is Nice, I think it is Lille or maybe some other French town", True),
+    ("The capital of France is Paris.", False),
+    ("Tokyo is the capital of Japan, and Tokyo is also its largest city.", False),
+])
+def test_degenerate_means_empty_or_looping(text, degenerate):
+    assert is_degenerate(text) is degenerate
+
+
+PROBES = [Probe("forget", "Capital of France?", ["Paris"]),
+          Probe("forget", "Capital of Japan?", ["Tokyo"]),
+          Probe("paraphrase", "France's capital?", ["Paris"]),
+          Probe("paraphrase", "Japan's capital?", ["Tokyo"]),
+          Probe("general", "Symbol for gold?", ["Au"]),
+          Probe("general", "Who wrote Hamlet?", ["Shakespeare"]),
+          Probe("general", "7 + 5?", ["12", "twelve"]),
+          Probe("general", "Largest planet?", ["Jupiter"])]
+BEFORE = ["It is Paris.", "It is Tokyo.", "Paris.", "I am not sure.",
+          "Au.", "Shakespeare wrote it.", "It is 11.", "the the the the the the"]
+AFTER = ["It is Lyon.", "It is Tokyo.", "paris, of course", "Tokyo.",
+         "Au.", "Marlowe wrote it.", "It is eleven.", "so so so so so so so"]
+
+
+def test_each_probe_gets_the_verdict_its_answers_deserve():
+    rows = score_probes(PROBES, BEFORE, AFTER)
+    assert [r["verdict"] for r in rows] == ["forgotten", "still leaks", "still leaks", "not known before",
+                                            "kept", "lost", "wrong before", "wrong before"]
+    assert [r["degenerate_after"] for r in rows] == [False] * 7 + [True]
+
+
+def test_metrics_count_only_what_was_known_before():
+    m = compute_metrics(score_probes(PROBES, BEFORE, AFTER), logprob_drop=3.14159)
+    assert m["forget_success"] == 0.5  # Paris stopped leaking, Tokyo did not
+    assert m["paraphrase_success"] == 0.0  # the only known paraphrase still says "paris"
+    assert m["known_forget"] == 2 and m["known_paraphrase"] == 1
+    assert m["general_accuracy_before"] == 0.5 and m["general_accuracy_after"] == 0.25
+    assert m["general_retention"] == 0.5  # of the 2 right before, gold is kept, Hamlet is lost
+    assert m["degenerate_rate"] == 0.125 and m["degenerate_rate_before"] == 0.125
+    assert m["answer_logprob_drop"] == 3.1416
+
+
+def test_metrics_are_none_where_nothing_was_known():
+    probes = [Probe("forget", "Q?", ["x"]), Probe("general", "G?", ["y"])]
+    m = compute_metrics(score_probes(probes, ["no", "no"], ["no", "no"]), logprob_drop=None)
+    assert m["forget_success"] is None and m["paraphrase_success"] is None and m["general_retention"] is None
+    assert m["answer_logprob_drop"] is None
+
+
+def test_answer_logprob_is_the_sum_over_the_answer_tokens():
+    lm = tiny_model()
+    pair = encode_pair(lm.tokenizer, "What is the capital of France?", "Paris", loss_span=(0, 5), add_eos=False)
+    logp = answer_logprobs(lm.model, [pair], "cpu", lm.tokenizer.pad_token_id)
+    ids, labels = torch.tensor([pair[0]]), torch.tensor([pair[1]])
+    with torch.no_grad():
+        logits = lm.model(ids).logits[0, :-1].log_softmax(-1)
+    targets = labels[0, 1:]
+    mask = targets != -100
+    expected = logits[mask].gather(-1, targets[mask].unsqueeze(-1)).sum()
+    assert logp.shape == (1,) and float(logp[0]) == pytest.approx(float(expected), rel=1e-4)
