@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.run_bench import FULL_FT_LR, fact_set  # noqa: E402
+from bench.run_bench import FULL_FT_LR, fact_set, method_args  # noqa: E402
 
 # Published SmolLM2 shapes (vocabulary 49,152, tied embeddings, as the embedded model).
 ARCHS = {
@@ -62,11 +62,7 @@ def run_cli(model: Path, facts: Path, variant: str, steps: int, report: Path, de
     method, _, extra = variant.partition("+")
     cmd = [sys.executable, "-m", "lune_core", "run", "--model", str(model), "--facts", str(facts),
            "--steps", str(steps), "--no-early-stop", "--general-limit", "16", "--device", device,
-           "--out", str(report)]
-    if method == "full_ft":
-        cmd += ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
-    else:
-        cmd += ["--method", method] + (["--robustness"] if robustness else [])
+           "--out", str(report)] + method_args(method, robustness)
     if extra == "ckpt":
         cmd.append("--gradient-checkpointing")
     started = time.perf_counter()
@@ -95,6 +91,11 @@ def device_name(device: str) -> str:
     return "CPU"
 
 
+def _ratio(row: dict, ft: dict | None, key: str) -> str:
+    """`row`'s figure over full fine-tuning's of the same shape; blank for full_ft itself."""
+    return f"{row[key] / ft[key]:.2f}" if row["method"] != "full_ft" and ft and ft[key] else ""
+
+
 def write(out: Path, meta: dict, rows: list[dict]) -> None:
     (out / "gpu_results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = ["# Benchmarks on a GPU (CUDA path)", "",
@@ -114,11 +115,10 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
         if "error" in row:
             lines.append(f"| {row['arch']} | {row['method']} | failed (exit {row['exit']}) | | | | | | | | |")
             continue
-        ratio = (lambda k: f"{row[k] / ft[k]:.2f}" if ft and ft[k] else "") if row["method"] != "full_ft" else (lambda k: "")
         lines.append(f"| {row['arch']} | {row['method']} | {row['trainable_params']:,} | {row['seconds_per_step']:.3f} "
                      f"| {row['warm_seconds_per_step']:.3f} | {row['train_seconds']:.1f} | {row['peak_memory_mb']:.0f} "
-                     f"| {row['weights_mb']:.0f} | {row['load_seconds']:.1f} | {ratio('peak_memory_mb')} "
-                     f"| {ratio('warm_seconds_per_step')} |")
+                     f"| {row['weights_mb']:.0f} | {row['load_seconds']:.1f} | {_ratio(row, ft, 'peak_memory_mb')} "
+                     f"| {_ratio(row, ft, 'warm_seconds_per_step')} |")
     (out / "benchmarks_gpu.md").write_text("\n".join(lines) + "\n")
 
 
@@ -154,8 +154,8 @@ def main() -> None:
         random_model(arch, args.tokenizer, folder)
         print(f"{arch}: random model saved in {time.perf_counter() - started:.1f}s", flush=True)
         for method in args.methods:
-            row = {"arch": arch, **run_cli(folder, facts, method, args.steps, work / f"{arch}-{method}.json", args.device,
-                                                 args.robustness)}
+            report = work / f"{arch}-{method}.json"
+            row = {"arch": arch, **run_cli(folder, facts, method, args.steps, report, args.device, args.robustness)}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "step_log"}), flush=True)
             write(args.out, meta, rows)  # after every run: a cut-off session keeps what it measured

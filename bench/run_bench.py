@@ -26,8 +26,8 @@ from lune_core.facts import read_jsonl  # noqa: E402
 METHODS = ["lune", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = 2e-5  # the usual full fine-tuning rate for a model of this size
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
-           "degenerate_rate_before", "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run",
-           "relearn_leak_rate", "requant_leak_rate"]
+           "degenerate_rate_before", "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb",
+           "steps_run", "relearn_leak_rate", "requant_leak_rate"]
 # Facts not used while tuning the defaults (those were France, gold, Romeo and Juliet and Hamlet).
 FACT_PICKS = [("capitals", 1), ("science_symbols", 0), ("authors", 1), ("capitals", 3), ("science_symbols", 4),
               ("authors", 4), ("capitals", 6), ("science_symbols", 7), ("authors", 6), ("capitals", 8)]
@@ -37,16 +37,20 @@ def fact_set(n: int) -> list[dict]:
     return [read_jsonl(ROOT / "assets" / "presets" / f"{name}.jsonl")[i] for name, i in FACT_PICKS[:n]]
 
 
+def method_args(method: str, robustness: bool) -> list[str]:
+    """CLI arguments for a benchmark method: a loss of the registry, or full_ft."""
+    if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
+        # All weights at LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
+        return ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
+    # the attacks need an adapter: LoRA runs only
+    return ["--method", method] + (["--robustness"] if robustness else [])
+
+
 def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit: int | None, out: Path) -> dict:
     facts_path = out.with_suffix(".facts.jsonl")
     facts_path.write_text("".join(json.dumps(f) + "\n" for f in facts), encoding="utf-8")
     cmd = [sys.executable, "-m", "lune_core", "run", "--facts", str(facts_path), "--seed", str(seed),
-           "--steps", str(steps), "--out", str(out)]
-    if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
-        # All weights at LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
-        cmd += ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
-    else:  # the attacks need an adapter: LoRA runs only
-        cmd += ["--method", method, "--robustness"]
+           "--steps", str(steps), "--out", str(out)] + method_args(method, robustness=True)
     if general_limit:
         cmd += ["--general-limit", str(general_limit)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -159,8 +163,9 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"(early stop on), general set limit {meta['general_limit'] or 'all'}; wall time {meta['wall_seconds']} s",
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
-             "", "| facts | method | forget | paraphrase | retention | degenerate (before) | logprob drop | trainable params "
-             "| s/step | train s | peak MB | mem / FT | step time / FT | relearn leak | requant leak |",
+             "", "| facts | method | forget | paraphrase | retention | degenerate (before) | logprob drop "
+             "| trainable params | s/step | train s | peak MB | mem / FT | step time / FT | relearn leak "
+             "| requant leak |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
         s, v = row["summary"], row.get("vs_full_ft", {})
