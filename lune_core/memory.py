@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-from contextlib import contextmanager
 
 import torch
 
@@ -32,21 +31,20 @@ def free_memory() -> None:
         libc.malloc_trim(0)
 
 
-@contextmanager
-def activations_returned_when_freed():
+def allocator_for_training() -> None:
     """glibc gives a block above its mmap threshold its own mapping, returned to the system when
     freed, but raises the threshold to the size of each such block freed. From the second step on,
     a step's activations then come from the heap, fragment it and stay resident: a 3-fact run on
     the embedded model peaked at 3.3 GB instead of 1.8 GB. Training holds the threshold at 1 MB
-    (~+20 % step time). Generation wants the opposite: its KV cache grows a block per token, and at
-    1 MB answering 112 questions took 29 s instead of 17 s; so the run ends with the threshold at
-    the top of glibc's own range."""
+    (~+20 % step time); `allocator_for_generation` undoes it when the run ends."""
     libc = _glibc()
-    if libc is None:
-        yield
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, STEP_MMAP_THRESHOLD)
-    try:
-        yield
-    finally:
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, STEP_MMAP_THRESHOLD)
+
+
+def allocator_for_generation() -> None:
+    """Generation wants the opposite of training: its KV cache grows a block per token, and at a
+    1 MB threshold answering 112 questions took 29 s instead of 17 s. The top of glibc's own range."""
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, GENERATION_MMAP_THRESHOLD)

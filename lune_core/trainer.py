@@ -14,9 +14,9 @@ from .cost import MemoryMeter
 from .examples import TrainingData
 from .facts import Fact, leaks
 from .generation import generate
-from .memory import activations_returned_when_freed
 from .losses import (METHODS, LossInputs, Reference, Selected, loss_positions, mean_nll, select_positions,
                      sequence_logp, top_k_logprobs)
+from .memory import allocator_for_generation, allocator_for_training
 from .models import LoadedModel
 from .prompting import TokenBatch, collate
 
@@ -136,63 +136,64 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
     n_anchor = min(config.anchors_per_step, len(data.anchor)) if "anchor" in needs else 0
     if config.gradient_checkpointing:  # on the shared base only for this run
         lm.model.activation_checkpointing_enable()
-    with activations_returned_when_freed():
-        try:
-            for step in range(config.steps):
-                if stop is not None and stop.is_set():
-                    break
-                tick = time.perf_counter()
-                lr = lr_at(step, config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                picked = [(step * n_anchor + i) % len(data.anchor) for i in range(n_anchor)]
-                groups = {
-                    "target": data.target if "target" in needs else [],
-                    "forget": data.forget if "forget" in needs else [],
-                    "anchor": [data.anchor[i] for i in picked],
-                }
-                model.train()
-                views = forward(groups)
-                step_ref = Reference(ref.forget_logp, ref.forget_hidden)
-                if picked:
-                    step_ref.anchor_top_logp = torch.cat([anchor_top[i][0] for i in picked])
-                    step_ref.anchor_top_ids = torch.cat([anchor_top[i][1] for i in picked])
-                inputs = LossInputs(views.get("target"), views.get("forget"), views.get("anchor"), step_ref, steering)
-                loss, parts = method.loss(inputs, config)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                model.eval()
-                meter.sample()
-                record = StepRecord(
-                    step=step + 1, total_steps=config.steps, loss=float(loss.detach()),
-                    parts={k: round(float(v.detach()), 5) for k, v in parts.items()},
-                    learning_rate=lr, seconds=time.perf_counter() - tick, elapsed=0.0,
-                    peak_memory_mb=round(meter.peak_mb, 1),
-                    answer_nll=round(float(mean_nll(views["forget"]).detach()), 5) if "forget" in views else None,
-                )
-                nll = record.answer_nll
-                start_nll = nll if start_nll is None else start_nll
-                # Greedy checks cost a generation; skip them until the answer is clearly unlikely.
-                unlikely = nll is None or nll >= config.stop_answer_nll
-                if method.ascent and nll is not None and nll > start_nll + COLLAPSE_RISE:
-                    record.stopped = "collapse guard: the answer's likelihood is already gone"
-                elif not math.isfinite(record.loss):
-                    record.stopped = "loss is not finite"
-                elif (config.check_every and (step + 1) % config.check_every == 0 and step + 1 < config.steps
-                      and unlikely):
-                    answers = generate(lm, questions, check_tokens, model=model)
-                    record.leaks_left = sum(leaks(a, f.answer) for a, f in zip(answers, facts))
-                    if record.leaks_left == 0:
-                        record.stopped = "early stop: no forget question leaks any more"
-                record.elapsed = time.perf_counter() - start
-                record.eta_seconds = 0.0 if record.stopped else record.elapsed / (step + 1) * (config.steps - step - 1)
-                yield record
-                if record.stopped:
-                    break
-        finally:
-            if config.gradient_checkpointing:
-                lm.model.activation_checkpointing_disable()
+    allocator_for_training()
+    try:
+        for step in range(config.steps):
+            if stop is not None and stop.is_set():
+                break
+            tick = time.perf_counter()
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            picked = [(step * n_anchor + i) % len(data.anchor) for i in range(n_anchor)]
+            groups = {
+                "target": data.target if "target" in needs else [],
+                "forget": data.forget if "forget" in needs else [],
+                "anchor": [data.anchor[i] for i in picked],
+            }
+            model.train()
+            views = forward(groups)
+            step_ref = Reference(ref.forget_logp, ref.forget_hidden)
+            if picked:
+                step_ref.anchor_top_logp = torch.cat([anchor_top[i][0] for i in picked])
+                step_ref.anchor_top_ids = torch.cat([anchor_top[i][1] for i in picked])
+            inputs = LossInputs(views.get("target"), views.get("forget"), views.get("anchor"), step_ref, steering)
+            loss, parts = method.loss(inputs, config)
             optimizer.zero_grad(set_to_none=True)
-            del optimizer  # Adam moments are twice the adapter's size: free them with the run
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            model.eval()
+            meter.sample()
+            record = StepRecord(
+                step=step + 1, total_steps=config.steps, loss=float(loss.detach()),
+                parts={k: round(float(v.detach()), 5) for k, v in parts.items()},
+                learning_rate=lr, seconds=time.perf_counter() - tick, elapsed=0.0,
+                peak_memory_mb=round(meter.peak_mb, 1),
+                answer_nll=round(float(mean_nll(views["forget"]).detach()), 5) if "forget" in views else None,
+            )
+            nll = record.answer_nll
+            start_nll = nll if start_nll is None else start_nll
+            # Greedy checks cost a generation; skip them until the answer is clearly unlikely.
+            unlikely = nll is None or nll >= config.stop_answer_nll
+            if method.ascent and nll is not None and nll > start_nll + COLLAPSE_RISE:
+                record.stopped = "collapse guard: the answer's likelihood is already gone"
+            elif not math.isfinite(record.loss):
+                record.stopped = "loss is not finite"
+            elif (config.check_every and (step + 1) % config.check_every == 0 and step + 1 < config.steps
+                  and unlikely):
+                answers = generate(lm, questions, check_tokens, model=model)
+                record.leaks_left = sum(leaks(a, f.answer) for a, f in zip(answers, facts))
+                if record.leaks_left == 0:
+                    record.stopped = "early stop: no forget question leaks any more"
+            record.elapsed = time.perf_counter() - start
+            record.eta_seconds = 0.0 if record.stopped else record.elapsed / (step + 1) * (config.steps - step - 1)
+            yield record
+            if record.stopped:
+                break
+    finally:
+        allocator_for_generation()
+        if config.gradient_checkpointing:
+            lm.model.activation_checkpointing_disable()
+        optimizer.zero_grad(set_to_none=True)
+        del optimizer  # Adam moments are twice the adapter's size: free them with the run

@@ -23,7 +23,7 @@ def _has_glibc() -> bool:
 # whatever the threshold, and after other tests the heap is full of them.
 _PROBE = """
 import ctypes, torch
-from lune_core.memory import activations_returned_when_freed
+from lune_core.memory import allocator_for_generation, allocator_for_training
 
 FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
 
@@ -42,8 +42,9 @@ def own_mapping(nbytes):  # is a block of this size given its own mapping (retur
 
 block = torch.empty(8 * 2**20 // 4)
 del block  # glibc now serves blocks up to 8 MB from the heap, where they stay resident
-with activations_returned_when_freed():
-    during = own_mapping(2 * 2**20)
+allocator_for_training()
+during = own_mapping(2 * 2**20)
+allocator_for_generation()
 print(during, own_mapping(2 * 2**20), own_mapping(64 * 2**20))
 """
 
