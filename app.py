@@ -125,7 +125,7 @@ def _clock(seconds: float) -> str:
 
 PHASES = {
     "preparing": "Preparing: asking the base model every question once, before training",
-    "training": "Training the LoRA adapter",
+    "training": "Training the adapter",
     "evaluating": "Evaluating: asking every question again, now with the adapter",
     "done": "Done",
 }
@@ -149,7 +149,18 @@ def finished_markdown(report: dict) -> str:
     why = "stopped by you" if report.get("stopped_by_user") else (report["stopped"] or "ran all steps")
     return (f"**Done** in {_clock(report['wall_seconds'])} · {m['steps_run']} steps ({text(why)}) · "
             f"{m['seconds_per_step']} s/step · peak memory {m['peak_memory_mb']:.0f} MB. "
-            "See the comparison below.")
+            f"{_what_was_trained(report)} See the comparison below.")
+
+
+def _what_was_trained(report: dict) -> str:
+    config = report["config"]
+    if config.get("full_finetune"):
+        return "Trained every weight."
+    if "edited_tokens" in report:
+        words = list(dict.fromkeys(t.strip() for t in report["edited_tokens"]))
+        return f"Trained the embeddings of {len(report['edited_tokens'])} tokens: {text(', '.join(words))}."
+    layers = "the middle layers" if config.get("layers") is None else "layers " + ", ".join(map(str, config["layers"]))
+    return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}."
 
 
 def comparison_frame(rows: list[dict]):
@@ -192,7 +203,7 @@ def cost_frame(rows: list[list]) -> pd.DataFrame:
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     return pd.DataFrame([[name, show(a), show(b)] for name, a, b in rows],
-                        columns=["measure", "LoRA (this run)", "full fine-tuning"])
+                        columns=["measure", "adapter (this run)", "full fine-tuning"])
 
 
 def base_frame(rows: list[dict]) -> pd.DataFrame:
@@ -252,11 +263,11 @@ def _run_outputs(state: S.Session, update: S.RunUpdate, plot_again: bool):
 
 
 @guarded_stream(outputs=6, status_at=1)
-def on_run(state: S.Session, rows, method, steps, lr, rank, layers, seed, max_new_tokens, early_stop,
+def on_run(state: S.Session, rows, method, adapter, steps, lr, rank, layers, seed, max_new_tokens, early_stop,
            general_prompts, request: gr.Request):
     S.bind(state, request.session_hash if request else None)
-    settings = {"method": method, "steps": steps, "learning_rate": lr, "lora_rank": rank, "layers": layers,
-                "seed": seed, "max_new_tokens": max_new_tokens, "early_stop": early_stop}
+    settings = {"method": method, "adapter": adapter, "steps": steps, "learning_rate": lr, "lora_rank": rank,
+                "layers": layers, "seed": seed, "max_new_tokens": max_new_tokens, "early_stop": early_stop}
     plotted = None
     for update in S.run(state, rows, settings, general_prompts):
         yield _run_outputs(state, update, plot_again=plotted != len(state.history) or update.done)
@@ -337,8 +348,14 @@ scratch and without damaging everything else it knows.
 
 ### What LUNE changes
 - **The backbone stays frozen**, here in 4-bit (NF4). Nothing in the original weights changes.
-- **Only a small LoRA adapter is trained**: two thin matrices beside some layers, about 1 % of the
-  parameters. Reset simply deletes it; Export gives you just the adapter.
+- **Only a small adapter is trained.** By default it is the *subject's token embeddings*: the app
+  finds the words that name what each fact is about ("Japan", "copper", "Animal Farm": words of the
+  question that the neutral prompts do not use) and trains only their rows of the embedding table,
+  a few thousand numbers. Wherever those words appear, in any wording, the model now recalls
+  something else; questions about anything else pass through exactly as before. The alternative
+  (Advanced settings) is a LoRA adapter beside the middle layers: it forgets as well, but on this
+  small model it also changes answers about the fact's neighbours (other authors, other capitals).
+  Reset deletes the adapter; Export gives you just the adapter.
 - **Only negative examples**: the facts to forget, each with a replacement answer (or "I don't know").
   The loss teaches the replacement and pushes the answer's hidden state in the middle layers away
   from where the fact was, while a KL term keeps answers to neutral questions as they were.
@@ -358,7 +375,9 @@ scratch and without damaging everything else it knows.
 - **Collapse**: too many steps or too high a learning rate, and the model answers everything with the
   replacement or with gibberish (watch *general retention* and *degenerate answers*). Gradient ascent
   (`grad_ascent`) shows this quickly — try it.
-- **Leaks through paraphrases**: the exact question is forgotten, a reworded one is not.
+- **Leaks through paraphrases**: the exact question is forgotten, a reworded one is not. With the
+  subject adapter this happens when the rewording names the subject with another word ("the
+  Japanese capital" instead of "Japan").
 - **Relearning**: a few steps of training on related text can bring the fact back; forgetting by an
   adapter hides knowledge, it does not erase it from the base weights.
 - **Small samples**: a handful of questions on a 135 M-parameter model is a demonstration, not a
@@ -377,12 +396,14 @@ Cost section shows this run's own numbers.
    France and Japan, so the run stays short). The table below the facts shows the base model's
    answers: it says Paris and Tokyo.
 3. **(3 min) Unlearn.** Click **Unlearn** with the defaults. While the plot moves, explain the loss
-   parts (above) and that only the LoRA adapter is trained (Cost section: trainable vs total).
+   parts (above) and that only the adapter is trained: the status line names the words whose
+   embeddings it trained (Cost section: trainable vs total).
 4. **(2 min) Compare.** Read the table: forgotten facts, paraphrases, general questions kept or
    lost. Ask a paraphrase of your own in *Try your own prompt* — does it still leak? Does the model
    now answer "Lyon", the replacement?
 5. **(1 min) What can go wrong.** Reset, switch the method to `grad_ascent`, raise the steps, run
-   again and watch the general answers break.
+   again and watch the general answers break. (Homework: `lune` with *LoRA on a band of layers* on
+   *Famous authors*, and read what happens to the other authors.)
 6. **(1 min) Wrap up.** Export the adapter: a few MB that change the model's behaviour, removable at
    will. Remind the class that the paper's numbers are its claims and how you would test them.
 
@@ -399,7 +420,7 @@ def build() -> gr.Blocks:
         state = gr.State(S.Session(), delete_callback=S.Session.close)
         with gr.Row():
             gr.Markdown("# 🌘 LUNE — make a language model forget chosen facts\n"
-                        "Pick facts, train a small LoRA adapter on negative examples, and compare the answers "
+                        "Pick facts, train a small adapter on negative examples, and compare the answers "
                         "before and after. The base model is shared and never changed; your adapter is yours "
                         "alone. New here? Read the **Guide** at the bottom.")
             if running_on_spaces():
@@ -447,11 +468,15 @@ def build() -> gr.Blocks:
                 with gr.Accordion("Advanced settings", open=False):
                     steps = gr.Slider(1, LIMITS.max_steps, value=min(DEFAULTS.steps, LIMITS.max_steps), step=1,
                                       label="Steps (at most; stops early once no fact is said)")
+                    adapter = gr.Radio([("The subject's token embeddings", "subject"),
+                                        ("LoRA on a band of layers", "lora")], value=DEFAULTS.adapter,
+                                       label="What the adapter trains")
                     # No widget bounds: out-of-range values then get the engine's message, not gradio's.
-                    lr = gr.Number(DEFAULTS.learning_rate, label=f"Learning rate (above 0, at most "
-                                   f"{LIMITS.max_learning_rate:g})")
-                    rank = gr.Slider(1, LIMITS.max_lora_rank, value=DEFAULTS.lora_rank, step=1, label="LoRA rank")
-                    layers = gr.Textbox(label="Layers with LoRA",
+                    lr = gr.Number(None, label=f"Learning rate (empty = 0.01 for embeddings, 0.001 for LoRA; "
+                                   f"at most {LIMITS.max_learning_rate:g})")
+                    rank = gr.Slider(1, LIMITS.max_lora_rank, value=DEFAULTS.lora_rank, step=1,
+                                     label="LoRA rank (LoRA only)")
+                    layers = gr.Textbox(label="Layers with LoRA (LoRA only)",
                                         placeholder="empty = the middle band; or 8-20, or 4,6,8")
                     seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed")
                     early_stop = gr.Checkbox(True, label="Stop early once no fact is said")
@@ -525,7 +550,7 @@ def build() -> gr.Blocks:
                          api_name="add_sentences", **light)
         method.change(method_markdown, method, method_info, api_visibility="private", **light)
         run_outputs = [plot, run_status, compare, cards, runs, cost]
-        run_button.click(on_run, [state, facts, method, steps, lr, rank, layers, seed, max_new_tokens, early_stop,
+        run_button.click(on_run, [state, facts, method, adapter, steps, lr, rank, layers, seed, max_new_tokens, early_stop,
                                   general_prompts], run_outputs, api_name="unlearn",
                          show_progress_on=[run_status], **heavy)
         stop_button.click(on_stop, state, run_status, api_name="stop", show_progress="hidden", **light)

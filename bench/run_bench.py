@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from lune_core.facts import read_jsonl  # noqa: E402
 
-METHODS = ["lune", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
+METHODS = ["lune", "lune_lora", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = 2e-5  # the usual full fine-tuning rate for a model of this size
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
            "degenerate_rate_before", "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb",
@@ -38,11 +38,14 @@ def fact_set(n: int) -> list[dict]:
 
 
 def method_args(method: str, robustness: bool) -> list[str]:
-    """CLI arguments for a benchmark method: a loss of the registry, or full_ft."""
+    """CLI arguments for a benchmark method: a loss of the registry, lune_lora or full_ft."""
+    if method == "lune_lora":  # LUNE's loss on LoRA adapters over the middle layers (the default until the
+        # subject-token adapter): what the choice of adapter alone changes
+        return ["--method", "lune", "--adapter", "lora"] + (["--robustness"] if robustness else [])
     if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
         # All weights at LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
         return ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
-    # the attacks need an adapter: LoRA runs only
+    # the attacks need an adapter: not for full fine-tuning
     return ["--method", method] + (["--robustness"] if robustness else [])
 
 

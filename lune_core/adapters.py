@@ -1,11 +1,16 @@
-"""Session-owned LoRA adapters attached to the shared base model only for the length of a job."""
+"""Session-owned adapters attached to the shared base model only for the length of a job.
+
+Two kinds, both PEFT adapters over a frozen base: LoRA on a band of layers, or trainable rows of the
+token embeddings (PEFT's trainable tokens) for the tokens that name the facts' subjects."""
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import (LoraConfig, PeftConfig, TrainableTokensConfig, get_peft_model, get_peft_model_state_dict,
+                  set_peft_model_state_dict)
 
 from .config import UnlearnConfig, lora_layers
 from .models import LoadedModel
@@ -13,19 +18,29 @@ from .models import LoadedModel
 
 @dataclass
 class AdapterState:
-    """What a session owns after a run: LoRA settings and weights on the CPU (a few MB)."""
+    """What a session owns after a run: adapter settings and weights on the CPU (a few MB)."""
 
-    lora: dict
+    spec: dict  # see adapter_spec
     weights: dict[str, torch.Tensor]
     info: dict = field(default_factory=dict)  # method, steps, facts: for the model card
 
     @property
     def num_params(self) -> int:
-        return sum(t.numel() for t in self.weights.values())
+        """Numbers the adapter trains; a tied copy (the output side of tied embeddings) counts once."""
+        unique: list[torch.Tensor] = []
+        for t in self.weights.values():
+            if not any(t.shape == u.shape and torch.equal(t, u) for u in unique):
+                unique.append(t)
+        return sum(t.numel() for t in unique)
 
 
-def lora_config(config: UnlearnConfig, num_layers: int) -> dict:
+def adapter_spec(config: UnlearnConfig, num_layers: int, token_ids: list[int] | None = None) -> dict:
+    """Plain-data settings of the adapter (kept in the session and the report): "kind" plus the
+    keyword arguments of its PEFT config. `token_ids` are the subject's tokens for kind "subject"."""
+    if config.adapter == "subject":
+        return {"kind": "subject", "target_modules": ["embed_tokens"], "token_indices": sorted(token_ids or [])}
     return {
+        "kind": "lora",
         "r": config.lora_rank,
         "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout,
@@ -36,12 +51,25 @@ def lora_config(config: UnlearnConfig, num_layers: int) -> dict:
     }
 
 
+def peft_config(spec: dict, **extra) -> PeftConfig:
+    """The PEFT config for a spec. Trainable tokens on a model whose input and output embeddings are
+    tied (SmolLM2) edit both, so merging the adapter into the weights gives the same model."""
+    kwargs = {k: v for k, v in spec.items() if k != "kind"}
+    if spec["kind"] == "subject":
+        return TrainableTokensConfig(**kwargs, **extra)
+    return LoraConfig(**kwargs, **extra)
+
+
 @contextmanager
-def attached(lm: LoadedModel, lora: dict, state: AdapterState | None = None):
+def attached(lm: LoadedModel, spec: dict, state: AdapterState | None = None):
     """Wrap the shared base in a PeftModel with a fresh (or the session's) adapter, and always
     strip it again, so the next job, whoever's it is, starts from the bare base weights."""
     with lm.lock:
-        peft_model = get_peft_model(lm.model, LoraConfig(**lora))
+        with warnings.catch_warnings():
+            # PEFT warns whenever a tied embedding is in an adapter; trainable tokens do edit both sides
+            # (tests/test_export.py checks that the merged model gives the adapter's outputs).
+            warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
+            peft_model = get_peft_model(lm.model, peft_config(spec))
         try:
             if state is not None:
                 set_peft_model_state_dict(peft_model, {k: v.to(lm.device) for k, v in state.weights.items()})
@@ -53,6 +81,6 @@ def attached(lm: LoadedModel, lora: dict, state: AdapterState | None = None):
                 del lm.model.peft_config
 
 
-def snapshot(peft_model, lora: dict, info: dict | None = None) -> AdapterState:
+def snapshot(peft_model, spec: dict, info: dict | None = None) -> AdapterState:
     weights = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()}
-    return AdapterState(lora=dict(lora), weights=weights, info=dict(info or {}))
+    return AdapterState(spec=dict(spec), weights=weights, info=dict(info or {}))

@@ -32,10 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=EMBEDDED_MODEL, help="'embedded', a hub id or an allowed local folder")
     run.add_argument("--method", default="lune", help=f"one of: {', '.join(METHODS)}")
     run.add_argument("--steps", type=int, default=UnlearnConfig.steps)
-    run.add_argument("--lr", type=float, default=UnlearnConfig.learning_rate)
-    run.add_argument("--rank", type=int, default=UnlearnConfig.lora_rank)
+    run.add_argument("--adapter", default=UnlearnConfig.adapter,
+                     help="subject: train the embeddings of the tokens naming each fact's subject (default); "
+                          "lora: LoRA on a band of layers")
+    run.add_argument("--lr", type=float, default=None,
+                     help="learning rate (default: 1e-2 subject, 1e-3 lora, 2e-5 with --full-precision)")
+    run.add_argument("--rank", type=int, default=UnlearnConfig.lora_rank, help="LoRA rank (--adapter lora)")
     run.add_argument("--seed", type=int, default=UnlearnConfig.seed)
-    run.add_argument("--layers", default="", help="layers with LoRA, e.g. 8-20 or 4,6,8 (default: the middle band)")
+    run.add_argument("--layers", default="", help="layers with LoRA (--adapter lora), e.g. 8-20 or 4,6,8 "
+                                                  "(default: the middle band)")
     run.add_argument("--max-new-tokens", type=int, default=UnlearnConfig.max_new_tokens)
     run.add_argument("--no-early-stop", action="store_true", help="always run all steps")
     run.add_argument("--full-precision", action="store_true",
@@ -44,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gradient-checkpointing", action="store_true",
                      help="recompute activations in the backward pass: less memory, slower steps")
     run.add_argument("--out", required=True, help="where to write REPORT.json")
-    run.add_argument("--save-adapter", help="folder for the trained LoRA adapter (PEFT format)")
+    run.add_argument("--save-adapter", help="folder for the trained adapter (PEFT format)")
     run.add_argument("--robustness", action="store_true",
                      help="after the run, relearn on related text and re-quantize; report the leak rates")
     run.add_argument("--check", action="store_true",
@@ -53,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> UnlearnConfig:
-    kwargs = dict(method=args.method, steps=args.steps, learning_rate=args.lr, lora_rank=args.rank,
-                  lora_alpha=2 * args.rank, seed=args.seed, max_new_tokens=args.max_new_tokens,
+    kwargs = dict(method=args.method, adapter=args.adapter, steps=args.steps, learning_rate=args.lr,
+                  lora_rank=args.rank, lora_alpha=2 * args.rank, seed=args.seed, max_new_tokens=args.max_new_tokens,
                   layers=parse_layers(args.layers), full_finetune=args.full_precision,
                   gradient_checkpointing=args.gradient_checkpointing)
     if args.no_early_stop:

@@ -8,10 +8,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from peft import LoraConfig
 from safetensors.torch import save_file
 
-from .adapters import AdapterState
+from .adapters import AdapterState, peft_config
 
 ADAPTER_FOLDER = "lune-adapter"
 COMPARISON_COLUMNS = ["kind", "prompt", "expected", "before", "after", "verdict"]
@@ -27,7 +26,7 @@ def save_adapter(adapter: AdapterState, folder: str | Path, base_model: str, rep
     plus a README model card, so `PeftModel.from_pretrained(base, folder)` loads it back."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = LoraConfig(**adapter.lora, base_model_name_or_path=base_model, inference_mode=True)
+    config = peft_config(adapter.spec, base_model_name_or_path=base_model, inference_mode=True)
     config.save_pretrained(str(folder))
     # The state dict keys are already PEFT's saved form (no adapter name), as get_peft_model_state_dict gives.
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in adapter.weights.items()}
@@ -58,7 +57,7 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         "",
         "# LUNE unlearning adapter",
         "",
-        "A LoRA adapter trained with LUNE (LoRA-based unlearning with negative examples) so that the",
+        "An adapter trained with LUNE (LoRA-based unlearning with negative examples) so that the",
         "base model stops giving chosen answers. The base weights are unchanged; load it with:",
         "",
         "```python",
@@ -75,9 +74,7 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         f"| method | {config.get('method', info.get('method', 'n/a'))} |",
         f"| steps run | {metrics.get('steps_run', info.get('steps', 'n/a'))} |",
         f"| seed | {config.get('seed', info.get('seed', 'n/a'))} |",
-        f"| LoRA rank / alpha | {adapter.lora.get('r')} / {adapter.lora.get('lora_alpha')} |",
-        f"| layers | {', '.join(map(str, adapter.lora.get('layers_to_transform') or [])) or 'all'} |",
-        f"| target modules | {', '.join(adapter.lora.get('target_modules') or [])} |",
+        *_adapter_rows(adapter.spec),
     ]
     if config:
         lines += ["", "## Settings", "", "| setting | value |", "| --- | --- |"]
@@ -86,9 +83,21 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         lines += ["", "## Measured on this run", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_fmt(metrics.get(k))} |" for k in CARD_METRICS if k in metrics]
         lines += ["", "Measured with greedy decoding on the run's own questions, paraphrases and general",
-                  "questions; a small sample, not a benchmark. Forgetting by a LoRA adapter can be undone",
+                  "questions; a small sample, not a benchmark. Forgetting by an adapter can be undone",
                   "by relearning or by merging and re-quantizing the weights."]
     return "\n".join(lines) + "\n"
+
+
+def _adapter_rows(spec: dict) -> list[str]:
+    if spec["kind"] == "subject":
+        # The ids are in adapter_config.json anyway: say so rather than pretend the card hides them.
+        return [f"| adapter | trainable embeddings of {len(spec['token_indices'])} tokens that name the facts' "
+                "subjects (their ids are in adapter_config.json, so the adapter shows which words it concerns) |"]
+    return [
+        f"| adapter | LoRA rank {spec.get('r')}, alpha {spec.get('lora_alpha')} |",
+        f"| layers | {', '.join(map(str, spec.get('layers_to_transform') or [])) or 'all'} |",
+        f"| target modules | {', '.join(spec.get('target_modules') or [])} |",
+    ]
 
 
 def adapter_zip(adapter: AdapterState, base_model: str, report: dict | None, path: str | Path) -> Path:

@@ -39,19 +39,22 @@ def related_text(fact: Fact, text: str) -> str:
 
 
 def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig,
-                   steps: int = 10, learning_rate: float = 1e-4) -> dict:
+                   steps: int = 10, learning_rate: float | None = None) -> dict:
     """Keep training (a copy of) the session's adapter on related text that never states the answer:
     what the base model says about each fact's topic, with every sentence naming the answer dropped."""
     probes = forget_probes(facts)
     prompts = [p.prompt for p in probes]
     sources = [RELATED_PROMPT.format(question=q) for f in facts for q in [f.question, *f.probe_paraphrases()[:1]]]
     owners = [f for f in facts for _ in range(2)]
-    with attached(lm, adapter.lora, adapter) as peft_model:
+    with attached(lm, adapter.spec, adapter) as peft_model:
         before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
         known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
         texts = base_answers(lm, sources, config.max_new_tokens, peft_model)
-        # At 1e-3 the adapter learnt these few texts by heart and said them to every probe: that
-        # hides the fact as well as unlearning does, so the attack runs at a fine-tuning-like 1e-4.
+        # At the run's own rate the adapter learnt these few texts by heart and said them to every
+        # probe: that hides the fact as well as unlearning does, so the attack runs at a tenth of it
+        # (1e-4 for LoRA, 1e-3 for subject embeddings).
+        if learning_rate is None:
+            learning_rate = config.resolved(adapter.spec["kind"]).learning_rate / 10
         pairs = [(q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
         pairs = [(q, t) for q, t in pairs if t] or [(q, f.question) for q, f in zip(sources, owners)]
         rows = [encode_pair(lm.tokenizer, q, t) for q, t in pairs]
@@ -79,7 +82,7 @@ def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact],
     before = base_answers(lm, prompts, config.max_new_tokens)
     known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
     full = load_model(lm.model_id, quantize=False, device=lm.device)
-    with attached(full, adapter.lora, adapter) as peft_model:
+    with attached(full, adapter.spec, adapter) as peft_model:
         merged = peft_model.merge_and_unload()
     cache_dir().mkdir(parents=True, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="requant-", dir=cache_dir())  # inside the allowed model roots

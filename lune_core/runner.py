@@ -10,7 +10,7 @@ from typing import Iterator
 import torch
 
 from . import __version__
-from .adapters import AdapterState, attached, lora_config, snapshot
+from .adapters import AdapterState, adapter_spec, attached, snapshot
 from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import answer_logprobs, compute_metrics, score_probes
@@ -19,6 +19,7 @@ from .facts import Fact, FactError, forget_probes, general_probes, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
+from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -73,12 +74,15 @@ def _report(lm, config, facts, records, rows, logprob_drop, trainable, total, st
     }
 
 
-def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig) -> None:
+def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, n_tokens: int) -> None:
     cfg = lm.model.config
-    # LoRA: A and B of at most hidden-size width on each adapted projection (an upper bound).
-    lora_size = 2 * config.lora_rank * cfg.hidden_size * len(config.target_modules)
-    lora_size *= len(lora_layers(config, lm.num_layers))
-    trainable = lm.total_params if config.full_finetune else lora_size
+    if config.full_finetune:
+        trainable = lm.total_params
+    elif config.adapter == "subject":  # a row per token, in the input and the output embedding
+        trainable = 2 * n_tokens * cfg.hidden_size
+    else:  # LoRA: A and B of at most hidden-size width on each adapted projection (an upper bound)
+        trainable = 2 * config.lora_rank * cfg.hidden_size * len(config.target_modules)
+        trainable *= len(lora_layers(config, lm.num_layers))
     tokens = (2 * len(facts) + config.anchors_per_step) * 96  # rows x a generous sequence length
     check_fits(estimate_run_memory_mb(trainable, cfg.hidden_size, lm.num_layers, cfg.vocab_size, tokens), lm.device)
 
@@ -89,7 +93,10 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
     full-precision copy that may be consumed; otherwise only a LoRA adapter is trained.
     `limits`: the caller's request bounds (default: RunLimits with the environment's overrides)."""
     validate_config(config, lm.num_layers, limits or RunLimits().with_env())
-    _check_memory(lm, facts, config)
+    tokens = subject_token_ids(lm.tokenizer, [f.question for f in facts], anchors)
+    # No subject word found (every word of the questions is common): LoRA on the layers instead.
+    config = config.resolved("lora" if config.adapter == "subject" and not tokens else None)
+    _check_memory(lm, facts, config, len(tokens))
     started = time.perf_counter()
     probes = forget_probes(facts) + general_probes(general)
     prompts = [p.prompt for p in probes]
@@ -110,9 +117,9 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         after_logp = answer_logprobs(lm.model, data.forget, lm.device, lm.tokenizer.pad_token_id)
         adapter = None
     else:
-        lora = lora_config(config, lm.num_layers)
+        spec = adapter_spec(config, lm.num_layers, list(tokens))
         torch.manual_seed(config.seed)  # LoRA A is initialised randomly
-        with attached(lm, lora) as peft_model:
+        with attached(lm, spec) as peft_model:
             before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
             data = build_training_data(lm, facts, anchors, config, peft_model)
             free_memory()  # the generation's freed caches, before training sets the peak
@@ -125,11 +132,13 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
             before_logp = answer_logprobs(peft_model, data.forget, lm.device, pad, peft_model.disable_adapter())
             after_logp = answer_logprobs(peft_model, data.forget, lm.device, pad)
             info = {"method": config.method, "facts": len(facts), "steps": len(records), "seed": config.seed}
-            adapter = snapshot(peft_model, lora, info)
+            adapter = snapshot(peft_model, spec, info)
     drop = float((before_logp - after_logp).mean())
     rows = score_probes(probes, before, after)
     report = _report(lm, config, facts, records, rows, drop, trainable, total, started)
     report["forget_targets"] = data.forget_texts
+    if config.adapter == "subject" and not config.full_finetune:
+        report["edited_tokens"] = [tokens[i] for i in sorted(tokens)]
     free_memory()
     yield RunResult(adapter=adapter, report=report)
 
@@ -140,7 +149,7 @@ def answer_with(lm: LoadedModel, adapter: AdapterState | None, questions: list[s
     if adapter is None:
         before = base_answers(lm, questions, max_new_tokens)
         return before, list(before)
-    with attached(lm, adapter.lora, adapter) as peft_model:
+    with attached(lm, adapter.spec, adapter) as peft_model:
         before = base_answers(lm, questions, max_new_tokens, peft_model)
         after = generate(lm, questions, max_new_tokens, model=peft_model)
     return before, after

@@ -2,7 +2,7 @@
 
 No gradio here: the app passes plain values in and renders plain values out, so a notebook or
 a test can drive the same journey. The base models are shared through `MODELS`; a session owns
-only its LoRA adapter, which is attached to the shared base for the length of one job.
+only its adapter, which is attached to the shared base for the length of one job.
 """
 from __future__ import annotations
 
@@ -294,13 +294,13 @@ def pack_adapter(adapter: AdapterState | None) -> dict | None:
     if adapter is None:
         return None
     weights = {k: v.contiguous() for k, v in adapter.weights.items()}
-    return {"lora": adapter.lora, "info": adapter.info, "weights": safetensors.torch.save(weights)}
+    return {"spec": adapter.spec, "info": adapter.info, "weights": safetensors.torch.save(weights)}
 
 
 def unpack_adapter(data: dict | None) -> AdapterState | None:
     if data is None:
         return None
-    return AdapterState(lora=data["lora"], weights=safetensors.torch.load(data["weights"]), info=data["info"])
+    return AdapterState(spec=data["spec"], weights=safetensors.torch.load(data["weights"]), info=data["info"])
 
 
 def _events(lm: LoadedModel, facts: list[dict], config: dict, general: list[dict], anchors: list[str],
@@ -392,8 +392,9 @@ def make_config(settings: dict, num_layers: int, limits: RunLimits | None = None
     limits = limits or LIMITS
     default = UnlearnConfig()
     rank = _bounded_int(settings.get("lora_rank", default.lora_rank), "LoRA rank", 1, limits.max_lora_rank)
+    lr = settings.get("learning_rate")
     try:
-        lr = float(settings.get("learning_rate", default.learning_rate))
+        lr = None if lr is None or str(lr).strip() == "" else float(lr)  # empty: the adapter's default
     except (TypeError, ValueError):
         raise UserError("learning rate must be a number") from None
     try:
@@ -402,6 +403,7 @@ def make_config(settings: dict, num_layers: int, limits: RunLimits | None = None
         raise UserError(str(err)) from None
     config = UnlearnConfig(
         method=str(settings.get("method") or default.method),
+        adapter=str(settings.get("adapter") or default.adapter),
         steps=_bounded_int(settings.get("steps", default.steps), "steps", 1, limits.max_steps),
         learning_rate=lr,
         lora_rank=rank,
@@ -561,7 +563,7 @@ def run_full_finetune(session: Session) -> Iterator[RunUpdate]:
 
 
 def cost_rows(session: Session) -> list[list]:
-    """LoRA run vs full fine-tuning, one row per measure (None where not measured)."""
+    """The adapter run vs full fine-tuning, one row per measure (None where not measured)."""
     if session.report is None:
         return []
     lora = session.report["metrics"]

@@ -114,6 +114,7 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
 
     Yields a StepRecord per step. Ends early when `stop` (a threading.Event) is set, when a check
     finds no forget question leaking, or when an ascent-type loss starts to collapse."""
+    config = config.resolved()  # a learning rate, if the caller left it to the adapter
     method = METHODS[config.method]
     needs = method.needs if config.retain_weight > 0 else method.needs - {"anchor"}
     set_seed(config.seed)

@@ -23,11 +23,11 @@ CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs.jsonl"
 GOOD_ROW = ["What is the capital of France?", "Paris", "Lyon", ""]
 FAST = {"steps": 2, "max_new_tokens": 4, "early_stop": False, "learning_rate": 1e-2}
 # Enough for a tiny random Llama to answer GOOD_ROW's question with its replacement.
-TRAIN = {"method": "lune_replace", "steps": 12, "learning_rate": 1e-2, "layers": "0-3", "max_new_tokens": 8,
-         "early_stop": False}
-CLI_FLAGS = {"method": "--method", "steps": "--steps", "learning_rate": "--lr", "lora_rank": "--rank",
+TRAIN = {"method": "lune_replace", "adapter": "lora", "steps": 12, "learning_rate": 1e-2, "layers": "0-3",
+         "max_new_tokens": 8, "early_stop": False}
+CLI_FLAGS = {"method": "--method", "adapter": "--adapter", "steps": "--steps", "learning_rate": "--lr", "lora_rank": "--rank",
              "layers": "--layers", "seed": "--seed", "max_new_tokens": "--max-new-tokens"}
-APP_FORM = {"method": "lune", "steps": 2, "learning_rate": 1e-2, "lora_rank": 8, "layers": "", "seed": 0,
+APP_FORM = {"method": "lune", "adapter": "subject", "steps": 2, "learning_rate": 1e-2, "lora_rank": 8, "layers": "", "seed": 0,
             "max_new_tokens": 8, "early_stop": False, "general_prompts": 0}
 FACT_HEADERS = ["question", "answer to forget", "replacement (optional)", "paraphrases (optional, separate with |)"]
 # A config.json of a small Llama: a real model folder as far as the path checks go.
@@ -267,8 +267,9 @@ def plain(markdown: str) -> str:
 def unlearn(client, rows: list[list[str]], **settings):
     """Submit /unlearn with the form's values (APP_FORM, overridden by `settings`)."""
     s = dict(APP_FORM, **settings)
-    return client.submit(table(rows), s["method"], s["steps"], s["learning_rate"], s["lora_rank"], s["layers"],
-                         s["seed"], s["max_new_tokens"], s["early_stop"], s["general_prompts"], api_name="/unlearn")
+    return client.submit(table(rows), s["method"], s["adapter"], s["steps"], s["learning_rate"], s["lora_rank"],
+                         s["layers"], s["seed"], s["max_new_tokens"], s["early_stop"], s["general_prompts"],
+                         api_name="/unlearn")
 
 
 def is_skip(value) -> bool:

@@ -15,7 +15,7 @@ from lune_core.session import FACT_COLUMNS, preset_rows, presets  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TABLE = {"headers": FACT_COLUMNS, "data": []}
-DEFAULT_SETTINGS = {"method": "lune", "steps": 30, "lr": 1e-3, "rank": 8, "layers": "", "seed": 0,
+DEFAULT_SETTINGS = {"method": "lune", "adapter": "subject", "steps": 30, "lr": None, "rank": 8, "layers": "", "seed": 0,
                     "max_new_tokens": 32, "early_stop": True, "general_prompts": 4}
 
 
@@ -25,8 +25,8 @@ def table(rows: list[list[str]]) -> dict:
 
 def unlearn(client, rows, **overrides):
     s = dict(DEFAULT_SETTINGS, **overrides)
-    return client.submit(table(rows), s["method"], s["steps"], s["lr"], s["rank"], s["layers"], s["seed"],
-                         s["max_new_tokens"], s["early_stop"], s["general_prompts"], api_name="/unlearn")
+    return client.submit(table(rows), s["method"], s["adapter"], s["steps"], s["lr"], s["rank"], s["layers"],
+                         s["seed"], s["max_new_tokens"], s["early_stop"], s["general_prompts"], api_name="/unlearn")
 
 
 def compare_rows(outputs) -> list[dict]:

@@ -8,14 +8,15 @@ import zipfile
 
 import pytest
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lune_core.adapters import snapshot
+from lune_core.adapters import peft_config, snapshot
 from lune_core.export import adapter_zip, model_card, save_adapter, write_exports
 
-LORA = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"],
+LORA = {"kind": "lora", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"],
         "layers_to_transform": [1], "bias": "none", "task_type": "CAUSAL_LM"}
+SUBJECT = {"kind": "subject", "target_modules": ["embed_tokens"], "token_indices": [3, 5]}
 REPORT = {
     "config": {"method": "lune", "steps": 3, "seed": 7, "lora_rank": 4},
     "model": {"name": "tiny-llama"},
@@ -35,23 +36,26 @@ STEPS = [{"step": i, "total_steps": 3, "loss": 3.0 - i, "parts": {"replace_nll":
           "leaks_left": None, "stopped": None} for i in (1, 2, 3)]
 
 
-def tiny_llama() -> LlamaForCausalLM:
+def tiny_llama(tie: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         tie_word_embeddings=tie)
     return LlamaForCausalLM(config).eval()
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """A base model and a PEFT model whose LoRA weights are non-zero (as after training)."""
-    base = tiny_llama()
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(**LORA))
+@pytest.fixture(scope="module", params=[LORA, SUBJECT], ids=["lora", "subject"])
+def trained(request):
+    """A base model and a PEFT model whose adapter weights are non-zero (as after training); the
+    subject adapter on tied embeddings, as SmolLM2 has them."""
+    spec = request.param
+    base = tiny_llama(tie=spec["kind"] == "subject")
+    peft_model = get_peft_model(copy.deepcopy(base), peft_config(spec))
     torch.manual_seed(1)
     for name, param in peft_model.named_parameters():
-        if "lora_" in name:
+        if param.requires_grad:
             param.data.normal_(0, 0.2)
-    adapter = snapshot(peft_model, LORA, {"method": "lune", "facts": 1, "steps": 3, "seed": 7})
+    adapter = snapshot(peft_model, spec, {"method": "lune", "facts": 1, "steps": 3, "seed": 7})
     return base, peft_model.eval(), adapter
 
 
@@ -70,14 +74,29 @@ def test_saved_adapter_loads_back_with_peft_and_gives_the_same_outputs(tmp_path,
     assert not torch.allclose(logits(loaded), logits(base), atol=1e-3)  # the adapter does something
     saved = json.loads((folder / "adapter_config.json").read_text())
     assert saved["base_model_name_or_path"] == "tiny-llama"
-    assert saved["r"] == 4 and saved["layers_to_transform"] == [1] and saved["peft_type"] == "LORA"
+    if adapter.spec["kind"] == "lora":
+        assert saved["r"] == 4 and saved["layers_to_transform"] == [1] and saved["peft_type"] == "LORA"
+    else:
+        assert saved["token_indices"] == [3, 5] and saved["peft_type"] == "TRAINABLE_TOKENS"
+
+
+def test_merging_the_adapter_into_the_weights_gives_the_same_model(trained):
+    """The re-quantization probe merges the adapter before quantizing: a merge that left the tied
+    output embedding unedited would test a different model from the one the run trained."""
+    base, peft_model, adapter = trained
+    merged = get_peft_model(copy.deepcopy(base), peft_config(adapter.spec))
+    set_peft_model_state_dict(merged, adapter.weights)
+    merged = merged.merge_and_unload().eval()
+    assert torch.allclose(logits(merged), logits(peft_model), atol=1e-5)
 
 
 def test_model_card_names_model_count_method_settings_seed_but_not_the_facts(trained):
     _, _, adapter = trained
     card = model_card(adapter, "tiny-llama", REPORT)
     assert card.startswith("---\nbase_model: tiny-llama\nlibrary_name: peft")
-    for expected in ("| facts forgotten | 1 ", "| method | lune |", "| seed | 7 |", "| LoRA rank / alpha | 4 / 8 |",
+    lora = adapter.spec["kind"] == "lora"
+    adapter_row = "| adapter | LoRA rank 4, alpha 8 |" if lora else "| adapter | trainable embeddings of 2 tokens"
+    for expected in ("| facts forgotten | 1 ", "| method | lune |", "| seed | 7 |", adapter_row,
                      "forget_success", "| steps | 3 |"):
         assert expected in card
     assert "Elm Street" not in card and "Jane Roe" not in card

@@ -155,7 +155,8 @@ def test_a_run_streams_progress_then_stores_adapter_report_and_history(models):
 def test_sessions_see_only_their_own_adapter_and_the_base_stays_untouched(models, lm):
     weights = {k: v.clone() for k, v in lm.model.state_dict().items()}
     alice, bob = S.Session(), S.Session()
-    finish(S.run(alice, ROWS[:1], dict(FAST, learning_rate=1e-2, steps=4), general_prompts=0))
+    # LoRA: on this tiny random model it changes the greedy answer within 4 steps
+    finish(S.run(alice, ROWS[:1], dict(FAST, learning_rate=1e-2, steps=4, adapter="lora"), general_prompts=0))
     base_before, alice_after = S.ask(alice, "What is the capital of France?", 4)
     bob_before, bob_after = S.ask(bob, "What is the capital of France?", 4)
     assert bob.adapter is None and bob_before == bob_after == base_before
@@ -280,7 +281,7 @@ def test_adapter_survives_packing_for_the_zerogpu_boundary(models):
     packed = S.pack_adapter(session.adapter)
     assert isinstance(packed["weights"], bytes)
     back = S.unpack_adapter(packed)
-    assert back.lora == session.adapter.lora
+    assert back.spec == session.adapter.spec
     assert all(torch.equal(back.weights[k], v) for k, v in session.adapter.weights.items())
 
 

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from lune_core.adapters import attached, lora_config
+from lune_core.adapters import adapter_spec, attached
 from lune_core.cost import MemoryMeter
 from lune_core.config import UnlearnConfig, lora_layers, validate_config
 from lune_core.examples import build_training_data, pick_anchors
@@ -59,7 +59,7 @@ def test_training_lowers_the_replacement_loss(lm):
 
 
 def test_lora_b_leaves_zero_so_the_adapter_changes_outputs(lm):
-    _, result = run(lm, config())
+    _, result = run(lm, config(adapter="lora"))
     b = [v for k, v in result.adapter.weights.items() if "lora_B" in k]
     assert b and any(t.abs().sum() > 0 for t in b)
 
@@ -135,10 +135,11 @@ def test_full_finetune_trains_all_weights_of_its_own_copy():
     assert any(not torch.equal(before[k], v) for k, v in own.model.state_dict().items())
 
 
-def test_reference_is_the_base_with_the_adapter_disabled(lm):
-    cfg = config()
+@pytest.mark.parametrize("adapter", ["subject", "lora"])
+def test_reference_is_the_base_with_the_adapter_disabled(lm, adapter):
+    cfg = config(adapter=adapter)
     facts = facts_from_records(FACTS)
-    with attached(lm, lora_config(cfg, lm.num_layers)) as peft_model:
+    with attached(lm, adapter_spec(cfg, lm.num_layers, [lm.tokenizer(" France")["input_ids"][0]])) as peft_model:
         data = build_training_data(lm, facts, ANCHORS, cfg, peft_model)
         records = list(unlearn(lm, peft_model, data, facts, cfg, peft_model=peft_model))
         ids = torch.tensor([data.target[0][0]])
@@ -185,7 +186,7 @@ def test_lora_sits_on_the_middle_band_unless_layers_are_given():
 @pytest.mark.parametrize("kw, message", [
     (dict(steps=0), "steps"), (dict(steps=10**6), "steps"), (dict(learning_rate=-1.0), "learning rate"),
     (dict(lora_rank=0), "rank"), (dict(layers=(99,)), "layer indices"), (dict(method="nope"), "unknown method"),
-    (dict(seed=-5), "seed"), (dict(suppress_layer=40), "suppression layer"),
+    (dict(seed=-5), "seed"), (dict(suppress_layer=40), "suppression layer"), (dict(adapter="all"), "unknown adapter"),
 ])
 def test_bad_settings_are_refused_with_a_message(kw, message):
     with pytest.raises(ValueError, match=message):

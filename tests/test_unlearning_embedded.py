@@ -42,16 +42,16 @@ def lost(report):
 
 
 def test_most_general_answers_the_model_got_right_stay_right(report):
-    # A regression guard below what the method reaches (0.875 with an anchor pool of 16; the pool
-    # of 32 reached the 0.9 target below in a clean-clone run on 2026-11-27).
-    assert report["metrics"]["general_retention"] >= 0.8, lost(report)
-
-
-@pytest.mark.xfail(reason="target: 0.9 passed once with the anchor pool of 32 (was 0.875); one seed is "
-                          "2 questions of margin, so it stays a target until more runs agree; "
-                          "see docs/benchmarks.md", strict=False)
-def test_general_retention_reaches_the_target(report):
+    # The bar. LoRA on the layers sat at 0.84-0.88 here; the subject's embeddings keep
+    # every answer that does not name the subject (1.00 on these facts, seeds 0 and 1).
     assert report["metrics"]["general_retention"] >= 0.9, lost(report)
+
+
+def test_the_adapter_edits_the_subjects_tokens_only(report):
+    assert report["config"]["adapter"] == "subject"
+    words = {t.strip().lower() for t in report["edited_tokens"]}
+    assert {"japan", "copper", "animal", "farm"} <= words
+    assert not words & {"capital", "chemical", "symbol", "wrote", "what", "who", "the"}
 
 
 def test_report_records_config_steps_and_cost(report):
