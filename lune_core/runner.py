@@ -90,7 +90,7 @@ def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, n_t
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
                    anchors: list[str], stop=None, limits: RunLimits | None = None) -> Iterator[StepRecord | RunResult]:
     """Yield a StepRecord per step, then one RunResult. With config.full_finetune, `lm` must be a
-    full-precision copy that may be consumed; otherwise only a LoRA adapter is trained.
+    full-precision copy that may be consumed; otherwise only an adapter is trained (config.adapter).
     `limits`: the caller's request bounds (default: RunLimits with the environment's overrides)."""
     validate_config(config, lm.num_layers, limits or RunLimits().with_env())
     tokens = subject_token_ids(lm.tokenizer, [f.question for f in facts], anchors)

@@ -553,7 +553,9 @@ def run_full_finetune(session: Session) -> Iterator[RunUpdate]:
         yield RunUpdate("done", 0.0, done=True)
         return
     facts = [Fact(**f) for f in report["facts"]]
-    config = UnlearnConfig.from_dict(dict(report["config"], full_finetune=True))
+    # Its own learning rate (DEFAULT_LEARNING_RATES): every weight at the adapter's rate turns the
+    # model into gibberish within a few steps.
+    config = UnlearnConfig.from_dict(dict(report["config"], full_finetune=True, learning_rate=None))
     general = general_records(sum(r["kind"] == "general" for r in report["probes"]))
 
     def store(s: Session, event: dict, steps: list[dict]) -> None:

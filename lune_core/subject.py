@@ -14,24 +14,14 @@ _QUESTION_WORDS = frozenset(
     "a an the of is are was were what which who whom whose how when where why in on at for to and or "
     "do does did name give tell me by from with as its it this that".split())
 MIN_PIECE_CHARS = 3  # a shorter word-initial piece ("Ha") is part of too many other words
+_WORD = re.compile(r"[^\W\d_]+")  # letters only: numbers and punctuation never name a subject
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _variants(word: str) -> set[str]:
-    forms = {word, word.lower(), word.capitalize()}
-    return forms | {" " + f for f in forms}
-
-
-def subject_words(tokenizer, question: str, anchors: list[str]) -> list[str]:
+def subject_words(question: str, anchors: list[str]) -> list[str]:
     """The question's words that fewer than two anchor prompts share, in order."""
-    df = Counter()
-    for anchor in anchors:
-        df.update({w.lower() for w in re.findall(r"[^\W\d_]+", anchor)})
-    words = re.findall(r"[^\W\d_]+", question)
-    return [w for w in dict.fromkeys(words) if w.lower() not in _QUESTION_WORDS and df[w.lower()] < 2]
+    shared = Counter(w for anchor in anchors for w in {w.lower() for w in _WORD.findall(anchor)})
+    words = dict.fromkeys(_WORD.findall(question))
+    return [w for w in words if w.lower() not in _QUESTION_WORDS and shared[w.lower()] < 2]
 
 
 def subject_token_ids(tokenizer, questions: list[str], anchors: list[str]) -> dict[int, str]:
@@ -40,10 +30,11 @@ def subject_token_ids(tokenizer, questions: list[str], anchors: list[str]) -> di
     "Hamlet"), never a short or shared piece that other words are made of."""
     chosen: dict[int, str] = {}
     for question in questions:
-        for word in subject_words(tokenizer, question, anchors):
-            for form in sorted(_variants(word)):
-                ids = _ids(tokenizer, form)
+        for word in subject_words(question, anchors):
+            spellings = {word, word.lower(), word.capitalize()}
+            for form in sorted(spellings | {" " + s for s in spellings}):
+                ids = tokenizer(form, add_special_tokens=False)["input_ids"]
                 piece = tokenizer.decode(ids[:1])
-                if len(ids) == 1 or len(piece.strip()) >= MIN_PIECE_CHARS and piece.strip().isalpha():
+                if len(ids) == 1 or (len(piece.strip()) >= MIN_PIECE_CHARS and piece.strip().isalpha()):
                     chosen.setdefault(ids[0], piece)
     return chosen

@@ -23,12 +23,12 @@ def words(tokenizer, ids):
     return {tokenizer.decode([i]) for i in ids}
 
 
-def test_relation_words_shared_by_anchors_are_not_the_subject(tokenizer):
-    assert subject_words(tokenizer, "What is the capital of Japan?", ANCHORS) == ["Japan"]
-    assert subject_words(tokenizer, "Who wrote 'Animal Farm'?", ANCHORS) == ["Animal", "Farm"]
-    assert subject_words(tokenizer, "What is the chemical symbol for copper?", ANCHORS) == ["copper"]
+def test_relation_words_shared_by_anchors_are_not_the_subject():
+    assert subject_words("What is the capital of Japan?", ANCHORS) == ["Japan"]
+    assert subject_words("Who wrote 'Animal Farm'?", ANCHORS) == ["Animal", "Farm"]
+    assert subject_words("What is the chemical symbol for copper?", ANCHORS) == ["copper"]
     # a word only one anchor uses is still a subject word: one anchor about Peru does not make it common
-    assert subject_words(tokenizer, "What is the currency of Peru?", ANCHORS) == ["currency", "Peru"]
+    assert subject_words("What is the currency of Peru?", ANCHORS) == ["currency", "Peru"]
 
 
 def test_subject_tokens_cover_its_spellings_but_never_a_short_shared_piece(tokenizer):
@@ -42,10 +42,10 @@ def test_subject_tokens_cover_its_spellings_but_never_a_short_shared_piece(token
     assert subject_token_ids(tokenizer, ["What is the capital of Peru?", "Who wrote 'Emma'?"], ANCHORS * 2) == {}
 
 
-def test_the_shipped_anchors_leave_the_subject_of_each_preset_question(tokenizer):
+def test_the_shipped_anchors_leave_the_subject_of_each_preset_question():
     anchors = load_anchors()
-    assert subject_words(tokenizer, "What is the capital of France?", anchors) == ["France"]
-    assert subject_words(tokenizer, "Who wrote 'Hamlet'?", anchors) == ["Hamlet"]
+    assert subject_words("What is the capital of France?", anchors) == ["France"]
+    assert subject_words("Who wrote 'Hamlet'?", anchors) == ["Hamlet"]
 
 
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "Lyon"}]
