@@ -550,8 +550,8 @@ def build() -> gr.Blocks:
                          api_name="add_sentences", **light)
         method.change(method_markdown, method, method_info, api_visibility="private", **light)
         run_outputs = [plot, run_status, compare, cards, runs, cost]
-        run_button.click(on_run, [state, facts, method, adapter, steps, lr, rank, layers, seed, max_new_tokens, early_stop,
-                                  general_prompts], run_outputs, api_name="unlearn",
+        run_button.click(on_run, [state, facts, method, adapter, steps, lr, rank, layers, seed, max_new_tokens,
+                                  early_stop, general_prompts], run_outputs, api_name="unlearn",
                          show_progress_on=[run_status], **heavy)
         stop_button.click(on_stop, state, run_status, api_name="stop", show_progress="hidden", **light)
         reset_button.click(on_reset, state, run_outputs, api_name="reset", **light)

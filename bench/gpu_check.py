@@ -104,7 +104,8 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
              "**Randomly initialised weights** of the SmolLM2 shapes (no network and no room for real weights on "
              "that machine): the cost columns are real, the answers are noise, so no quality column is shown. "
              f"3 facts, {meta['steps']} steps without early stop, 16 general questions. `lune`: NF4 4-bit weights, "
-             "bf16 compute, LoRA on the middle layers (`+ckpt`: activation checkpointing on). `full_ft`: all weights "
+             "bf16 compute, the default adapter (the subject's token embeddings); `lune_lora`: the same with LoRA on "
+             "the middle layers (`+ckpt`: activation checkpointing on). `full_ft`: all weights "
              f"in bf16, AdamW at {FULL_FT_LR}, `lune_replace` loss. Peak memory: CUDA allocator peak during training. "
              "s/step after warm-up: steps 2 to the last (the first pays for CUDA's warm-up). Ratios: to `full_ft` "
              "of the same shape, steps after warm-up.", "",
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--archs", nargs="*", default=list(ARCHS))
-    parser.add_argument("--methods", nargs="*", default=["lune", "lune+ckpt", "lune_replace", "full_ft"],
+    parser.add_argument("--methods", nargs="*", default=["lune", "lune+ckpt", "lune_lora", "lune_lora+ckpt", "full_ft"],
                         help="methods, full_ft, or a method+ckpt (activation checkpointing on)")
     parser.add_argument("--robustness", action="store_true", help="also run both attacks after each LoRA run")
     parser.add_argument("--steps", type=int, default=10)

@@ -25,10 +25,10 @@ FAST = {"steps": 2, "max_new_tokens": 4, "early_stop": False, "learning_rate": 1
 # Enough for a tiny random Llama to answer GOOD_ROW's question with its replacement.
 TRAIN = {"method": "lune_replace", "adapter": "lora", "steps": 12, "learning_rate": 1e-2, "layers": "0-3",
          "max_new_tokens": 8, "early_stop": False}
-CLI_FLAGS = {"method": "--method", "adapter": "--adapter", "steps": "--steps", "learning_rate": "--lr", "lora_rank": "--rank",
-             "layers": "--layers", "seed": "--seed", "max_new_tokens": "--max-new-tokens"}
-APP_FORM = {"method": "lune", "adapter": "subject", "steps": 2, "learning_rate": 1e-2, "lora_rank": 8, "layers": "", "seed": 0,
-            "max_new_tokens": 8, "early_stop": False, "general_prompts": 0}
+CLI_FLAGS = {"method": "--method", "adapter": "--adapter", "steps": "--steps", "learning_rate": "--lr",
+             "lora_rank": "--rank", "layers": "--layers", "seed": "--seed", "max_new_tokens": "--max-new-tokens"}
+APP_FORM = {"method": "lune", "adapter": "subject", "steps": 2, "learning_rate": 1e-2, "lora_rank": 8, "layers": "",
+            "seed": 0, "max_new_tokens": 8, "early_stop": False, "general_prompts": 0}
 FACT_HEADERS = ["question", "answer to forget", "replacement (optional)", "paraphrases (optional, separate with |)"]
 # A config.json of a small Llama: a real model folder as far as the path checks go.
 LLAMA_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,

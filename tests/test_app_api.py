@@ -15,8 +15,8 @@ from lune_core.session import FACT_COLUMNS, preset_rows, presets  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TABLE = {"headers": FACT_COLUMNS, "data": []}
-DEFAULT_SETTINGS = {"method": "lune", "adapter": "subject", "steps": 30, "lr": None, "rank": 8, "layers": "", "seed": 0,
-                    "max_new_tokens": 32, "early_stop": True, "general_prompts": 4}
+DEFAULT_SETTINGS = {"method": "lune", "adapter": "subject", "steps": 30, "lr": None, "rank": 8, "layers": "",
+                    "seed": 0, "max_new_tokens": 32, "early_stop": True, "general_prompts": 4}
 
 
 def table(rows: list[list[str]]) -> dict:

@@ -14,8 +14,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lune_core.adapters import peft_config, snapshot
 from lune_core.export import adapter_zip, model_card, save_adapter, write_exports
 
-LORA = {"kind": "lora", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj", "down_proj"],
-        "layers_to_transform": [1], "bias": "none", "task_type": "CAUSAL_LM"}
+LORA = {"kind": "lora", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj", "down_proj"], "layers_to_transform": [1], "bias": "none",
+        "task_type": "CAUSAL_LM"}
 SUBJECT = {"kind": "subject", "target_modules": ["embed_tokens"], "token_indices": [3, 5]}
 REPORT = {
     "config": {"method": "lune", "steps": 3, "seed": 7, "lora_rank": 4},

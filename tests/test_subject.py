@@ -65,7 +65,8 @@ def test_subject_adapter_changes_only_the_subject_tokens_rows():
     # A prompt without the subject: with the adapter on, every next-token logit is the base's except
     # those of the edited tokens (input and output embeddings are tied, so their output rows moved).
     from lune_core.adapters import attached
-    unrelated, fact = (lm.tokenizer(q, return_tensors="pt")["input_ids"] for q in ("What do bees make?", FACTS[0]["question"]))
+    unrelated, fact = (lm.tokenizer(q, return_tensors="pt")["input_ids"]
+                       for q in ("What do bees make?", FACTS[0]["question"]))
     with attached(lm, result.adapter.spec, result.adapter) as peft_model, torch.no_grad():
         on, on_fact = (peft_model(input_ids=ids).logits[0, -1] for ids in (unrelated, fact))
         with peft_model.disable_adapter():
