@@ -471,9 +471,10 @@ def build() -> gr.Blocks:
                     adapter = gr.Radio([("The subject's token embeddings", "subject"),
                                         ("LoRA on a band of layers", "lora")], value=DEFAULTS.adapter,
                                        label="What the adapter trains")
-                    # No widget bounds: out-of-range values then get the engine's message, not gradio's.
-                    lr = gr.Number(None, label=f"Learning rate (empty = 0.01 for embeddings, 0.001 for LoRA; "
-                                   f"at most {LIMITS.max_learning_rate:g})")
+                    # A textbox, not gr.Number: "empty" must reach the engine as empty (a Number shows and
+                    # sends 0); no widget bounds, so out-of-range values get the engine's message.
+                    lr = gr.Textbox(label=f"Learning rate (at most {LIMITS.max_learning_rate:g})",
+                                    placeholder="empty = 0.01 for embeddings, 0.001 for LoRA")
                     rank = gr.Slider(1, LIMITS.max_lora_rank, value=DEFAULTS.lora_rank, step=1,
                                      label="LoRA rank (LoRA only)")
                     layers = gr.Textbox(label="Layers with LoRA (LoRA only)",

@@ -183,7 +183,7 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("lune", lune, frozenset({"target", "forget", "hidden", "anchor"}),
-           "LUNE: learn the replacement and misdirect the answer's hidden state, LoRA only, KL-anchored"),
+           "LUNE: learn the replacement and misdirect the answer's hidden state, adapter only, KL-anchored"),
     Method("lune_replace", lune_replace, frozenset({"target", "forget", "anchor"}),
            "LUNE, replacement part only: learn the negative answer, KL-anchored"),
     Method("lune_suppress", lune_suppress, frozenset({"forget", "hidden", "anchor"}),
