@@ -21,10 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from lune_core.config import DEFAULT_LEARNING_RATES  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 
 METHODS = ["lune", "lune_lora", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
-FULL_FT_LR = 2e-5  # the usual full fine-tuning rate for a model of this size
+FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
            "degenerate_rate_before", "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb",
            "steps_run", "relearn_leak_rate", "requant_leak_rate"]

@@ -21,7 +21,7 @@ class UnlearnConfig:
 
     method: str = "lune"  # a key of lune_core.losses.METHODS
     # The subject's token embeddings kept 1.00 of the general answers where LoRA on the layers kept
-    # 0.84 (held-out facts, README); a fact with no subject word found falls back to "lora".
+    # 0.84 (held-out facts, README); a run where no question has a subject word falls back to "lora".
     adapter: str = "subject"
     steps: int = 30  # upper bound; the run stops earlier once the facts stop leaking
     learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATES for the adapter

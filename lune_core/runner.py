@@ -93,7 +93,9 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
     full-precision copy that may be consumed; otherwise only an adapter is trained (config.adapter).
     `limits`: the caller's request bounds (default: RunLimits with the environment's overrides)."""
     validate_config(config, lm.num_layers, limits or RunLimits().with_env())
-    tokens = subject_token_ids(lm.tokenizer, [f.question for f in facts], anchors)
+    tokens = {}
+    if config.adapter == "subject":
+        tokens = subject_token_ids(lm.tokenizer, [f.question for f in facts], anchors)
     # No subject word found (every word of the questions is common): LoRA on the layers instead.
     config = config.resolved("lora" if config.adapter == "subject" and not tokens else None)
     _check_memory(lm, facts, config, len(tokens))
