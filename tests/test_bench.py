@@ -12,11 +12,12 @@ pytestmark = pytest.mark.slow
 
 def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_path):
     out, docs = tmp_path / "results.json", tmp_path / "docs"
-    done = subprocess.run([sys.executable, "bench/run_bench.py", "--quick", "--facts", "1", "--out", str(out),
-                           "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--quick", "--facts", "1", "--seeds", "0", "1",
+                           "--first-seed-only", "1", "--out", str(out), "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {"lune", "full_ft"}
+    assert all(len(r["runs"]) == 1 for r in rows.values())  # size 1 asked for the first seed only
     lune, ft = rows["lune"]["summary"], rows["full_ft"]["summary"]
     assert lune["forget_success"]["mean"] == 1.0  # the capital of Japan, known to the model
     # Ratios come from this same run, and LoRA trains a sliver of what full fine-tuning does.
@@ -28,6 +29,7 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert lune["relearn_leak_rate"]["mean"] is not None and lune["requant_leak_rate"]["mean"] is not None
     assert ft["relearn_leak_rate"]["mean"] is None
     table = (docs / "benchmarks.md").read_text()
-    assert "| 1 | lune | 1.00 |" in table and "| 1 | full_ft |" in table
+    assert "| 1 | lune | 1 | 1.00 |" in table and "| 1 | full_ft |" in table
+    assert "seeds [0, 1] (the first only at 1 facts)" in table
     assert "not measured: this table has no 3-fact `lune` run" in table
     assert "plotly" in (docs / "forget_vs_retention.html").read_text()

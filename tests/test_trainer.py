@@ -76,9 +76,8 @@ def test_activation_checkpointing_is_on_for_its_run_only_and_keeps_the_losses(lm
     def checkpointed():
         return any(getattr(m, "gradient_checkpointing", False) for m in lm.model.modules())
 
-    plain, _ = run(lm, config(seed=3))
-    events = run_unlearning(lm, facts_from_records(FACTS), config(seed=3, gradient_checkpointing=True),
-                            GENERAL, ANCHORS)
+    plain, _ = run(lm, config(seed=3, gradient_checkpointing=False))
+    events = run_unlearning(lm, facts_from_records(FACTS), config(seed=3), GENERAL, ANCHORS)  # on by default
     recomputed = [next(events)]
     assert checkpointed()  # on while the run trains
     recomputed += [e for e in events if not isinstance(e, RunResult)]
