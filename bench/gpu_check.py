@@ -58,15 +58,13 @@ def random_model(arch: str, tokenizer: Path, folder: Path) -> None:
 
 
 def run_cli(model: Path, facts: Path, variant: str, steps: int, report: Path, device: str, robustness: bool) -> dict:
-    """`variant`: a method name, or full_ft; a "+ckpt" / "-ckpt" suffix turns activation checkpointing
-    on / off (without one, the adapter's default: on for the subject adapter, off otherwise)."""
-    method, flag = variant, []
-    for suffix, option in (("+ckpt", "--gradient-checkpointing"), ("-ckpt", "--no-gradient-checkpointing")):
-        if variant.endswith(suffix):
-            method, flag = variant[: -len(suffix)], [option]
+    """`variant`: a method name, or full_ft; a "+ckpt" suffix turns activation checkpointing on."""
+    method, _, extra = variant.partition("+")
     cmd = [sys.executable, "-m", "lune_core", "run", "--model", str(model), "--facts", str(facts),
            "--steps", str(steps), "--no-early-stop", "--general-limit", "16", "--device", device,
-           "--out", str(report)] + method_args(method, robustness) + flag
+           "--out", str(report)] + method_args(method, robustness)
+    if extra == "ckpt":
+        cmd.append("--gradient-checkpointing")
     started = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     row = {"method": variant, "exit": done.returncode, "process_seconds": round(time.perf_counter() - started, 1)}
@@ -107,8 +105,7 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
              "that machine): the cost columns are real, the answers are noise, so no quality column is shown. "
              f"3 facts, {meta['steps']} steps without early stop, 16 general questions. `lune`: NF4 4-bit weights, "
              "bf16 compute, the default adapter (the subject's token embeddings); `lune_lora`: the same with LoRA on "
-             "the middle layers. Activation checkpointing: the default (on for `lune`, off for the others) "
-             "unless `+ckpt` (on) or `-ckpt` (off). `full_ft`: all weights "
+             "the middle layers (`+ckpt`: activation checkpointing on). `full_ft`: all weights "
              f"in bf16, AdamW at {FULL_FT_LR}, `lune_replace` loss. Peak memory: CUDA allocator peak during training. "
              "s/step after warm-up: steps 2 to the last (the first pays for CUDA's warm-up). Ratios: to `full_ft` "
              "of the same shape, steps after warm-up.", "",
@@ -136,8 +133,8 @@ def main() -> None:
     parser.add_argument("--tokenizer", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--archs", nargs="*", default=list(ARCHS))
-    parser.add_argument("--methods", nargs="*", default=["lune", "lune-ckpt", "lune_lora", "lune_lora+ckpt", "full_ft"],
-                        help="methods, full_ft, or a method with +ckpt / -ckpt (activation checkpointing on / off)")
+    parser.add_argument("--methods", nargs="*", default=["lune", "lune+ckpt", "lune_lora", "lune_lora+ckpt", "full_ft"],
+                        help="methods, full_ft, or a method+ckpt (activation checkpointing on)")
     parser.add_argument("--robustness", action="store_true", help="also run both attacks after each LoRA run")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--device", default="cuda")

@@ -24,8 +24,7 @@ sys.path.insert(0, str(ROOT))
 from lune_core.config import DEFAULT_LEARNING_RATES  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 
-METHODS = ["lune", "lune_lora", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft",
-           "full_ft_ckpt"]
+METHODS = ["lune", "lune_lora", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
            "degenerate_rate_before", "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb",
@@ -47,9 +46,6 @@ def method_args(method: str, robustness: bool) -> list[str]:
     if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
         # All weights at LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
         return ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
-    if method == "full_ft_ckpt":  # the same with activation checkpointing, which lune has by default: what
-        # full fine-tuning costs when it gets the same memory saving (the ratios stay against full_ft's default)
-        return method_args("full_ft", robustness) + ["--gradient-checkpointing"]
     # the attacks need an adapter: not for full fine-tuning
     return ["--method", method] + (["--robustness"] if robustness else [])
 

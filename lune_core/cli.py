@@ -46,9 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--full-precision", action="store_true",
                      help="load without 4-bit quantization and fine-tune all weights (the full fine-tuning baseline)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                     help="recompute activations in the backward pass: less memory, slower steps "
-                          "(default: on for the subject adapter, off for LoRA and full fine-tuning)")
+    run.add_argument("--gradient-checkpointing", action="store_true",
+                     help="recompute activations in the backward pass: less memory, slower steps")
     run.add_argument("--out", required=True, help="where to write REPORT.json")
     run.add_argument("--save-adapter", help="folder for the trained adapter (PEFT format)")
     run.add_argument("--robustness", action="store_true",

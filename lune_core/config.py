@@ -13,11 +13,6 @@ ADAPTERS = ("subject", "lora")
 # Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
 # full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
 DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "full": 2e-5}
-# Activation checkpointing when none is set. The subject adapter's gradient runs back through every
-# layer, so it keeps every layer's activations: recomputing them cut a 3-fact run's peak from 1,964
-# to 1,220 MB for +2.5 % step time. LoRA's step doubled with it (2.76 -> 5.29 s), and full
-# fine-tuning's peak is mostly its weights, gradients and Adam moments: off for both.
-DEFAULT_CHECKPOINTING = {"subject": True, "lora": False, "full": False}
 
 
 @dataclass
@@ -60,21 +55,19 @@ class UnlearnConfig:
     seed: int = 0
     full_finetune: bool = False  # train all weights (full precision) instead of LoRA
     # Recompute each layer's activations in the backward pass instead of keeping them: less
-    # memory for more compute. None: DEFAULT_CHECKPOINTING for the adapter.
-    gradient_checkpointing: bool | None = None
+    # memory for more compute.
+    gradient_checkpointing: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def resolved(self, adapter: str | None = None) -> "UnlearnConfig":
-        """This config with the adapter actually used, a learning rate and checkpointing filled in."""
+        """This config with the adapter actually used and a learning rate filled in."""
         adapter = adapter or self.adapter
-        kind = "full" if self.full_finetune else adapter
-        lr = DEFAULT_LEARNING_RATES[kind] if self.learning_rate is None else self.learning_rate
-        checkpointing = self.gradient_checkpointing
-        if checkpointing is None:
-            checkpointing = DEFAULT_CHECKPOINTING[kind]
-        return replace(self, adapter=adapter, learning_rate=lr, gradient_checkpointing=checkpointing)
+        lr = self.learning_rate
+        if lr is None:
+            lr = DEFAULT_LEARNING_RATES["full" if self.full_finetune else adapter]
+        return replace(self, adapter=adapter, learning_rate=lr)
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
@@ -140,7 +133,6 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
           f"steps must be an integer between 1 and {limits.max_steps}")
     check(config.learning_rate is None or 0 < config.learning_rate <= limits.max_learning_rate,
           f"learning rate must be above 0 and at most {limits.max_learning_rate}")
-    check(config.gradient_checkpointing in (None, True, False), "gradient checkpointing must be on, off or unset")
     check(isinstance(config.lora_rank, int) and 1 <= config.lora_rank <= limits.max_lora_rank,
           f"LoRA rank must be an integer between 1 and {limits.max_lora_rank}")
     check(config.lora_alpha > 0, "LoRA alpha must be positive")

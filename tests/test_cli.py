@@ -99,12 +99,3 @@ def test_check_validates_without_training_and_a_zero_general_limit_means_none(tm
     assert code == 0 and out.startswith("ok: 1 facts, 0 general questions") and not (tmp_path / "r.json").exists()
     code, _, err = main_in_process(["run", "--facts", str(facts), "--out", str(tmp_path), "--check"])
     assert code == 2 and "is a folder" in err
-
-
-@pytest.mark.parametrize("flag, expected", [([], None), (["--gradient-checkpointing"], True),
-                                            (["--no-gradient-checkpointing"], False)])
-def test_checkpointing_flag_leaves_the_default_to_the_adapter_unless_given(facts, flag, expected):
-    from lune_core.cli import _config, build_parser
-
-    args = build_parser().parse_args(["run", "--facts", str(facts), "--out", "r.json", *flag])
-    assert _config(args).gradient_checkpointing is expected

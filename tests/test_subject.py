@@ -59,7 +59,6 @@ def test_subject_adapter_changes_only_the_subject_tokens_rows():
                                  ANCHORS))
     result = events[-1]
     assert result.report["config"]["adapter"] == "subject" and result.report["config"]["learning_rate"] == 1e-2
-    assert result.report["config"]["gradient_checkpointing"] is True  # the report records what ran
     edited = result.adapter.spec["token_indices"]
     assert {t.strip() for t in result.report["edited_tokens"]} == {"France"}
     assert result.report["metrics"]["trainable_params"] == result.adapter.num_params == len(edited) * 32
@@ -85,7 +84,6 @@ def test_questions_without_a_subject_word_fall_back_to_lora():
                                  ANCHORS * 2))[-1]
     assert result.adapter.spec["kind"] == "lora" and "edited_tokens" not in result.report
     assert result.report["config"]["adapter"] == "lora" and result.report["config"]["learning_rate"] == 1e-3
-    assert result.report["config"]["gradient_checkpointing"] is False  # LoRA's own default, not the subject's
 
 
 def test_each_adapter_and_full_finetuning_has_its_own_default_learning_rate():
@@ -93,11 +91,3 @@ def test_each_adapter_and_full_finetuning_has_its_own_default_learning_rate():
     assert UnlearnConfig(adapter="lora").resolved().learning_rate == 1e-3
     assert UnlearnConfig(full_finetune=True).resolved().learning_rate == 2e-5
     assert UnlearnConfig(learning_rate=3e-3).resolved("lora").learning_rate == 3e-3
-
-
-def test_activation_checkpointing_defaults_to_on_only_for_the_subject_adapter():
-    assert UnlearnConfig().resolved().gradient_checkpointing is True
-    assert UnlearnConfig(adapter="lora").resolved().gradient_checkpointing is False
-    assert UnlearnConfig(full_finetune=True).resolved().gradient_checkpointing is False
-    assert UnlearnConfig(gradient_checkpointing=False).resolved().gradient_checkpointing is False
-    assert UnlearnConfig(gradient_checkpointing=True).resolved("lora").gradient_checkpointing is True

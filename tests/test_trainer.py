@@ -14,7 +14,7 @@ from lune_core.runner import RunResult, answer_with, run_unlearning
 from lune_core.losses import select_positions
 from lune_core.models import load_model
 from lune_core.prompting import collate
-from lune_core.trainer import Forward, lr_at, unlearn
+from lune_core.trainer import MIN_SHARED_PREFIX, Forward, edited_rows, lr_at, shared_prefix_length, unlearn
 from tests.tiny import save_tiny_model, tiny_model
 
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "It is Lyon."},
@@ -76,8 +76,9 @@ def test_activation_checkpointing_is_on_for_its_run_only_and_keeps_the_losses(lm
     def checkpointed():
         return any(getattr(m, "gradient_checkpointing", False) for m in lm.model.modules())
 
-    plain, _ = run(lm, config(seed=3, gradient_checkpointing=False))
-    events = run_unlearning(lm, facts_from_records(FACTS), config(seed=3), GENERAL, ANCHORS)  # on by default
+    plain, _ = run(lm, config(seed=3))
+    events = run_unlearning(lm, facts_from_records(FACTS), config(seed=3, gradient_checkpointing=True),
+                            GENERAL, ANCHORS)
     recomputed = [next(events)]
     assert checkpointed()  # on while the run trains
     recomputed += [e for e in events if not isinstance(e, RunResult)]
@@ -168,6 +169,41 @@ def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forwa
             assert torch.allclose(views[name].hidden, full.hidden, atol=1e-5)
         else:
             assert views[name].hidden is None
+
+
+def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(lm):
+    """The subject adapter's shortcut: the chat template's opening, run once and cached, must change
+    nothing a loss sees; and an edited token in the opening ends the shared part before it."""
+    cfg = config()
+    facts = facts_from_records(FACTS)
+    edited = frozenset([lm.tokenizer(" France")["input_ids"][0]])
+    with attached(lm, adapter_spec(cfg, lm.num_layers, sorted(edited))) as peft_model:
+        data = build_training_data(lm, facts, ANCHORS, cfg, peft_model)
+        groups = {"target": data.target, "forget": data.forget, "anchor": data.anchor}
+        batch = collate([s for rows in groups.values() for s in rows], lm.tokenizer.pad_token_id)
+        shared = shared_prefix_length(batch, edited)
+        assert shared >= 10  # the system prompt and the user turn's opening
+        assert edited_rows(cfg, peft_model) == edited
+        assert edited_rows(config(gradient_checkpointing=True), peft_model) is None
+        param = next(p for p in peft_model.parameters() if p.requires_grad)
+        results = []
+        for rows in (None, edited):
+            views = Forward(peft_model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True, edited=rows)(groups)
+            loss = sum(v.logits.logsumexp(-1).sum() for v in views.values()) + views["forget"].hidden.sum()
+            param.grad = None
+            loss.backward()
+            results.append((views, param.grad.clone()))
+        (plain, plain_grad), (cached, cached_grad) = results
+        assert plain_grad.abs().sum() > 0 and torch.allclose(plain_grad, cached_grad, atol=1e-5)
+        for name in groups:
+            assert torch.allclose(plain[name].logits, cached[name].logits, atol=1e-5)
+            assert torch.equal(plain[name].labels, cached[name].labels) and torch.equal(plain[name].rows, cached[name].rows)
+        assert torch.allclose(plain["forget"].hidden, cached["forget"].hidden, atol=1e-5)
+    # an edited token inside the opening: sharing stops before it
+    opening = batch.input_ids[0, batch.attention_mask[0].tolist().index(1):].tolist()
+    for token in (opening[5], opening[2]):
+        cut = opening.index(token)
+        assert shared_prefix_length(batch, frozenset([token])) == (cut if cut >= MIN_SHARED_PREFIX else 0)
 
 
 def test_schedule_warms_up_then_decays_to_zero():
