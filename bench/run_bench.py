@@ -171,20 +171,21 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"- date {meta['date']}; {meta['machine']}; Python {meta['python']}, torch {meta['torch']}, "
              f"transformers {meta['transformers']}, peft {meta['peft']}, bitsandbytes {meta['bitsandbytes']}",
              "- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
-             f"- seeds {meta['seeds']}{_first_seed_only(meta)}, fact sets {meta['fact_sets']}, at most {meta['max_steps']} steps "
-             f"(early stop on), general set limit {meta['general_limit'] or 'all'}; wall time {meta['wall_seconds']} s",
+             f"- seeds {meta['seeds']}{_first_seed_only(meta)}, fact sets {meta['fact_sets']}, at most "
+             f"{meta['max_steps']} steps (early stop on), general set limit {meta['general_limit'] or 'all'}; "
+             f"wall time {meta['wall_seconds']} s",
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
-             "", "| facts | method | seeds | forget | paraphrase | retention | degenerate (before) | logprob drop "
-             "| trainable params | s/step | train s | peak MB | mem / FT | step time / FT | relearn leak "
-             "| requant leak |",
+             "", "| facts | method | seeds | forget | paraphrase | retention | degenerate (before) "
+             "| logprob drop | trainable params | s/step | train s | peak MB | mem / FT | step time / FT "
+             "| relearn leak | requant leak |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in results:
         s, v = row["summary"], row.get("vs_full_ft", {})
         lines.append("| " + " | ".join([
-            str(row["facts"]), row["method"], str(len(row["runs"])), _fmt(s["forget_success"]), _fmt(s["paraphrase_success"]),
-            _fmt(s["general_retention"]), f"{_fmt(s['degenerate_rate'])} ({_fmt(s['degenerate_rate_before'])})",
-            _fmt(s["answer_logprob_drop"]),
+            str(row["facts"]), row["method"], str(len(row["runs"])), _fmt(s["forget_success"]),
+            _fmt(s["paraphrase_success"]), _fmt(s["general_retention"]),
+            f"{_fmt(s['degenerate_rate'])} ({_fmt(s['degenerate_rate_before'])})", _fmt(s["answer_logprob_drop"]),
             f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
             _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", "")),
             _fmt(s["relearn_leak_rate"]), _fmt(s["requant_leak_rate"])]) + " |")

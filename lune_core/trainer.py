@@ -117,8 +117,9 @@ class Forward:
             cache = self.model(input_ids=opening, use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(batch))
         mask = torch.cat([tail.attention_mask.new_ones(len(tail), n), tail.attention_mask], 1)
-        out = self.model(input_ids=tail.input_ids, attention_mask=mask, position_ids=n + (cols - pads[:, None]).clamp(min=0),
-                         past_key_values=cache, use_cache=True, logits_to_keep=loss_positions(tail.labels),
+        positions = n + (cols - pads[:, None]).clamp(min=0)  # padding's positions are masked out anyway
+        out = self.model(input_ids=tail.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=loss_positions(tail.labels),
                          output_hidden_states=self.with_hidden)
         return out, tail
 
@@ -178,7 +179,8 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
     needs = method.needs if config.retain_weight > 0 else method.needs - {"anchor"}
     set_seed(config.seed)
     layer = suppression_layer(config, lm.num_layers)
-    forward = Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, "hidden" in needs, edited_rows(config, peft_model))
+    forward = Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, "hidden" in needs,
+                      edited_rows(config, peft_model))
     ref, anchor_top = _reference(forward, data, needs, peft_model)
     generator = torch.Generator().manual_seed(config.seed)
     steering = torch.nn.functional.normalize(

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_path):
     out, docs = tmp_path / "results.json", tmp_path / "docs"
     done = subprocess.run([sys.executable, "bench/run_bench.py", "--quick", "--facts", "1", "--seeds", "0", "1",
-                           "--first-seed-only", "1", "--out", str(out), "--docs", str(docs)], cwd=ROOT, capture_output=True, text=True)
+                           "--first-seed-only", "1", "--out", str(out), "--docs", str(docs)],
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {"lune", "full_ft"}

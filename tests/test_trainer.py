@@ -188,7 +188,8 @@ def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(l
         param = next(p for p in peft_model.parameters() if p.requires_grad)
         results = []
         for rows in (None, edited):
-            views = Forward(peft_model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True, edited=rows)(groups)
+            forward = Forward(peft_model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True, edited=rows)
+            views = forward(groups)
             loss = sum(v.logits.logsumexp(-1).sum() for v in views.values()) + views["forget"].hidden.sum()
             param.grad = None
             loss.backward()
@@ -197,7 +198,8 @@ def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(l
         assert plain_grad.abs().sum() > 0 and torch.allclose(plain_grad, cached_grad, atol=1e-5)
         for name in groups:
             assert torch.allclose(plain[name].logits, cached[name].logits, atol=1e-5)
-            assert torch.equal(plain[name].labels, cached[name].labels) and torch.equal(plain[name].rows, cached[name].rows)
+            assert torch.equal(plain[name].labels, cached[name].labels)
+            assert torch.equal(plain[name].rows, cached[name].rows)
         assert torch.allclose(plain["forget"].hidden, cached["forget"].hidden, atol=1e-5)
     # an edited token inside the opening: sharing stops before it
     opening = batch.input_ids[0, batch.attention_mask[0].tolist().index(1):].tolist()
