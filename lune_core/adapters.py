@@ -7,10 +7,12 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from peft import (LoraConfig, PeftConfig, TrainableTokensConfig, get_peft_model, get_peft_model_state_dict,
                   set_peft_model_state_dict)
+from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
 from .config import UnlearnConfig, lora_layers
 from .models import LoadedModel
@@ -70,6 +72,9 @@ def attached(lm: LoadedModel, spec: dict, state: AdapterState | None = None):
             # (tests/test_export.py checks that the merged model gives the adapter's outputs).
             warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
             peft_model = get_peft_model(lm.model, peft_config(spec))
+        for module in peft_model.modules():
+            if isinstance(module, TrainableTokensLayer):
+                module.forward = partial(edited_rows_forward, module)
         try:
             if state is not None:
                 set_peft_model_state_dict(peft_model, {k: v.to(lm.device) for k, v in state.weights.items()})
@@ -79,6 +84,31 @@ def attached(lm: LoadedModel, spec: dict, state: AdapterState | None = None):
             # get_peft_model leaves its config on the base; a stale one would confuse the next wrap.
             if hasattr(lm.model, "peft_config"):
                 del lm.model.peft_config
+
+
+def edited_rows_forward(layer: TrainableTokensLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """PEFT's trainable tokens forward: the same outputs, without its costs. PEFT copies the whole
+    embedding matrix with the trained rows swapped in on every call and backpropagates a dense
+    gradient into the copy: 49 k x 576 floats (113 MB) each, for the input side and again for the
+    tied output side, and at every generated token. Here the frozen matrix does its usual work and
+    only the edited tokens' positions (input) or columns (output) come from the trained rows."""
+    names = [n for n in layer.active_adapters if n in layer.trainable_tokens_delta]
+    base_layer = layer.base_layer
+    if (layer.disable_adapters or layer.merged or len(names) != 1
+            or not isinstance(base_layer, (torch.nn.Embedding, torch.nn.Linear))):
+        return type(layer).forward(layer, x, *args, **kwargs)
+    delta = layer.trainable_tokens_delta[names[0]]
+    index = torch.tensor(layer.token_indices[names[0]], device=delta.device)
+    base = base_layer(x, *args, **kwargs)
+    if isinstance(base_layer, torch.nn.Embedding):
+        match = x[..., None] == index  # (..., edited tokens)
+        rows = delta.to(base.dtype)[match.int().argmax(-1)]
+        scale = layer._get_embed_scale()  # models whose embedding scales its output (Gemma 3)
+        if scale is not None:
+            rows = rows * scale.to(base.dtype)
+        return torch.where(match.any(-1, keepdim=True), rows, base)
+    edited = torch.nn.functional.linear(x, delta.to(x.dtype))  # the tied output side: logits of the edited tokens
+    return base.index_copy(base.dim() - 1, index, edited.to(base.dtype))
 
 
 def snapshot(peft_model, spec: dict, info: dict | None = None) -> AdapterState:

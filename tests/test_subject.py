@@ -91,3 +91,36 @@ def test_each_adapter_and_full_finetuning_has_its_own_default_learning_rate():
     assert UnlearnConfig(adapter="lora").resolved().learning_rate == 1e-3
     assert UnlearnConfig(full_finetune=True).resolved().learning_rate == 2e-5
     assert UnlearnConfig(learning_rate=3e-3).resolved("lora").learning_rate == 3e-3
+
+
+def test_edited_rows_forward_gives_peft_outputs_and_gradients_without_copying_the_matrix():
+    """adapters.edited_rows_forward replaces PEFT's trainable-tokens forward (a full copy of the
+    embedding matrix per call): the logits, the trained rows' gradients and the disabled-adapter
+    outputs must be PEFT's own."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    from lune_core.adapters import adapter_spec, attached
+    lm = tiny_model()
+    batch = lm.tokenizer(["What is the capital of France? France is", "Bees make honey"], return_tensors="pt",
+                         padding=True)
+    edited = [lm.tokenizer(" France")["input_ids"][0], lm.tokenizer(" honey")["input_ids"][0]]
+    with attached(lm, adapter_spec(UnlearnConfig(), lm.num_layers, edited)) as peft_model:
+        layers = [m for m in peft_model.modules() if isinstance(m, TrainableTokensLayer)]
+        assert len(layers) == 2 and all("forward" in vars(m) for m in layers)  # input and tied output side
+        delta = next(p for p in peft_model.parameters() if p.requires_grad)
+        with torch.no_grad():
+            delta.add_(torch.randn_like(delta))  # trained rows that differ from the base's
+        results = []
+        for side in ("ours", "peft"):
+            delta.grad = None
+            logits = peft_model(**batch).logits
+            (logits.logsumexp(-1).sum() + logits[..., edited].sum()).backward()
+            with peft_model.disable_adapter(), torch.no_grad():
+                off = peft_model(**batch).logits
+            results.append((logits.detach(), delta.grad.clone(), off))
+            for m in layers if side == "ours" else []:
+                del m.forward  # PEFT's own forward for the second pass
+    (ours, ours_grad, ours_off), (peft, peft_grad, peft_off) = results
+    assert torch.allclose(ours, peft, atol=1e-6) and torch.allclose(ours_grad, peft_grad, atol=1e-6)
+    assert ours_grad.abs().sum() > 0 and torch.equal(ours_off, peft_off)
+    assert not torch.allclose(ours, ours_off)  # the edited rows do change the outputs
