@@ -72,10 +72,10 @@ def attached(lm: LoadedModel, spec: dict, state: AdapterState | None = None):
             # (tests/test_export.py checks that the merged model gives the adapter's outputs).
             warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
             peft_model = get_peft_model(lm.model, peft_config(spec))
-        for module in peft_model.modules():
-            if isinstance(module, TrainableTokensLayer):
-                module.forward = partial(edited_rows_forward, module)
         try:
+            for module in peft_model.modules():
+                if isinstance(module, TrainableTokensLayer):
+                    module.forward = partial(edited_rows_forward, module)
             if state is not None:
                 set_peft_model_state_dict(peft_model, {k: v.to(lm.device) for k, v in state.weights.items()})
             yield peft_model
