@@ -85,16 +85,15 @@ class Forward:
         names = [n for n, seqs in groups.items() if seqs]
         batch: TokenBatch = collate([s for n in names for s in groups[n]], self.pad_id).to(self.device)
         shared = shared_prefix_length(batch, self.edited) if self.edited is not None else 0
-        if shared:
-            out, batch = self._after_prefix(batch, shared)
-        else:
-            # Logits only where loss is carried: the 49 k-wide vocabulary projection (and, for full
-            # fine-tuning, its gradient) at every prompt position was a large share of a step's time.
-            out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             logits_to_keep=loss_positions(batch.labels), output_hidden_states=self.with_hidden,
-                             use_cache=False)
+        batch, context = self._after_prefix(batch, shared) if shared else (
+            batch, {"attention_mask": batch.attention_mask, "use_cache": False})
+        keep = loss_positions(batch.labels)
+        # Logits only where loss is carried: the 49 k-wide vocabulary projection (and, for full
+        # fine-tuning, its gradient) at every prompt position was a large share of a step's time.
+        out = self.model(input_ids=batch.input_ids, logits_to_keep=keep, output_hidden_states=self.with_hidden,
+                         **context)
         hidden = out.hidden_states[self.layer + 1] if self.with_hidden else None
-        per_row = loss_positions(batch.labels).sum(1).tolist()
+        per_row = keep.sum(1).tolist()
         views, start, first = {}, 0, 0
         for name in names:
             stop = start + len(groups[name])
@@ -105,9 +104,9 @@ class Forward:
             start, first = stop, last
         return views
 
-    def _after_prefix(self, batch: TokenBatch, n: int):
-        """The forward from the shared opening's cache: each row keeps its left padding and the
-        tokens after its first n; positions and mask say where the cached opening sits."""
+    def _after_prefix(self, batch: TokenBatch, n: int) -> tuple[TokenBatch, dict]:
+        """The rows without their shared opening (each keeps its left padding and the tokens after
+        its first n), and the model arguments that continue them from the opening's cache."""
         pads = (batch.attention_mask == 0).sum(1)
         cols = torch.arange(batch.input_ids.shape[1] - n, device=self.device)[None]
         source = torch.where(cols < pads[:, None], cols, cols + n)
@@ -118,10 +117,7 @@ class Forward:
         cache.batch_repeat_interleave(len(batch))
         mask = torch.cat([tail.attention_mask.new_ones(len(tail), n), tail.attention_mask], 1)
         positions = n + (cols - pads[:, None]).clamp(min=0)  # padding's positions are masked out anyway
-        out = self.model(input_ids=tail.input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=loss_positions(tail.labels),
-                         output_hidden_states=self.with_hidden)
-        return out, tail
+        return tail, {"attention_mask": mask, "position_ids": positions, "past_key_values": cache, "use_cache": True}
 
 
 def shared_prefix_length(batch: TokenBatch, edited: frozenset[int]) -> int:
