@@ -6,6 +6,7 @@ docs/benchmarks.md and docs/forget_vs_retention.html.
 
     python bench/run_bench.py            # the full grid (several hours on a 2-core CPU)
     python bench/run_bench.py --quick    # a few minutes: a smoke test of the whole pipeline
+    python bench/run_bench.py --resume   # keep finished runs of an interrupted (or smaller) grid
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from lune_core.config import DEFAULT_LEARNING_RATES  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
+from lune_core.runner import load_general  # noqa: E402
 
 METHODS = ["lune", "lune_lora", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
@@ -63,6 +65,26 @@ def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit
     return json.loads(out.read_text())["metrics"]
 
 
+def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: int,
+                 general_limit: int | None) -> dict | None:
+    """The saved output of a run with exactly these settings, or None: what --resume may keep."""
+    try:
+        saved = json.loads(out.read_text())
+        config, metrics = saved["config"], saved["metrics"]
+    except (OSError, ValueError, KeyError):
+        return None
+    expected = {"lune_lora": ("lune", "lora", False), "full_ft": ("lune_replace", config.get("adapter"), True)}.get(
+        method, (method, "subject", False))
+    same = ((config.get("method"), config.get("adapter"), config.get("full_finetune")) == expected
+            and config.get("seed") == seed and config.get("steps") == steps
+            and (method != "full_ft" or config.get("learning_rate") == FULL_FT_LR)
+            and [(f["question"], f["answer"], f.get("replacement")) for f in saved.get("facts", [])]
+            == [(f["question"], f["answer"], f.get("replacement")) for f in facts]
+            and sum(p["kind"] == "general" for p in saved.get("probes", [])) == len(load_general(limit=general_limit))
+            and (method == "full_ft" or saved.get("robustness") is not None))
+    return {"metrics": metrics, "created": saved.get("created")} if same else None
+
+
 def aggregate(values: list) -> dict:
     values = [v for v in values if v is not None]
     if not values:
@@ -83,6 +105,8 @@ def main() -> None:
     parser.add_argument("--general-limit", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs saved beside --out (in out/) with the same settings; the table says which")
     args = parser.parse_args()
     methods = args.methods or (["lune", "full_ft"] if args.quick else METHODS)
     sizes = args.facts or ([1, 3] if args.quick else [1, 3, 10])
@@ -90,17 +114,23 @@ def main() -> None:
     general_limit = args.general_limit or (16 if args.quick else None)
     steps = min(args.steps, 10) if args.quick else args.steps
 
-    work = ROOT / "bench" / "out"
+    work = Path(args.out).resolve().parent / "out"  # each run's full output, beside the results
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results = []
+    results, reused = [], []
     for n in sizes:
         for method in methods:
             runs = []
             for seed in seeds[:1] if n in args.first_seed_only else seeds:
-                metrics = run_one(method, fact_set(n), seed, steps, general_limit, work / f"{method}-{n}-{seed}.json")
+                out = work / f"{method}-{n}-{seed}.json"
+                kept = finished_run(out, method, fact_set(n), seed, steps, general_limit) if args.resume else None
+                if kept:
+                    metrics = kept["metrics"]
+                    reused.append({"method": method, "facts": n, "seed": seed, "created": kept["created"]})
+                else:
+                    metrics = run_one(method, fact_set(n), seed, steps, general_limit, out)
                 runs.append(metrics)
-                print(f"{method:14s} facts={n:2d} seed={seed} " + " ".join(
+                print(f"{method:14s} facts={n:2d} seed={seed} {'kept' if kept else 'ran '} " + " ".join(
                     f"{k}={metrics.get(k)}" for k in METRICS[:5]), flush=True)
             results.append({"method": method, "facts": n, "runs": runs,
                             "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
@@ -117,6 +147,7 @@ def main() -> None:
         row["vs_full_ft"] = ratio
     meta = environment(args.quick, seeds, sizes, steps, general_limit, time.time() - started)
     meta["first_seed_only"] = [n for n in sizes if n in args.first_seed_only]
+    meta["reused_runs"] = reused
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
     write_docs(Path(args.docs), meta, results)
     print(f"wrote {args.out} and {args.docs}/benchmarks.md in {time.time() - started:.0f}s")
@@ -164,16 +195,31 @@ def _first_seed_only(meta: dict) -> str:
     return f" (the first only at {', '.join(map(str, sizes))} facts)" if sizes else ""
 
 
+def _reused(meta: dict) -> str:
+    runs = meta.get("reused_runs")
+    if not runs:
+        return ""
+    groups: dict[int, dict[int, list[str]]] = {}
+    for r in runs:
+        groups.setdefault(r["facts"], {}).setdefault(r["seed"], []).append(r["method"])
+    kept = "; ".join(f"{n} facts seed {seed} ({'every method' if set(methods) >= set(METHODS) else ', '.join(methods)})"
+                     for n, by_seed in groups.items() for seed, methods in by_seed.items())
+    created = sorted(r["created"] or "?" for r in runs)
+    return (f" (this invocation's; {len(runs)} runs, made {created[0]} to {created[-1]}, were kept from an "
+            f"earlier one with `--resume`: {kept})")
+
+
 def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     lines = ["# Benchmarks", "", "Generated by `python bench/run_bench.py"
-             + (" --quick" if meta["quick"] else "") + "`; do not edit by hand.", "",
+             + (" --quick" if meta["quick"] else "") + (" --resume" if meta.get("reused_runs") else "")
+             + "`; do not edit by hand.", "",
              f"- date {meta['date']}; {meta['machine']}; Python {meta['python']}, torch {meta['torch']}, "
              f"transformers {meta['transformers']}, peft {meta['peft']}, bitsandbytes {meta['bitsandbytes']}",
              "- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
              f"- seeds {meta['seeds']}{_first_seed_only(meta)}, fact sets {meta['fact_sets']}, at most "
              f"{meta['max_steps']} steps (early stop on), general set limit {meta['general_limit'] or 'all'}; "
-             f"wall time {meta['wall_seconds']} s",
+             f"wall time {meta['wall_seconds']} s" + _reused(meta),
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
              "", "| facts | method | seeds | forget | paraphrase | retention | degenerate (before) "

@@ -10,12 +10,16 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_path):
-    out, docs = tmp_path / "results.json", tmp_path / "docs"
-    done = subprocess.run([sys.executable, "bench/run_bench.py", "--quick", "--facts", "1", "--seeds", "0", "1",
-                           "--first-seed-only", "1", "--out", str(out), "--docs", str(docs)],
+def bench(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "bench/run_bench.py", "--quick", "--facts", "1", *args],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_path):
+    out, docs = tmp_path / "results.json", tmp_path / "docs"
+    bench("--seeds", "0", "1", "--first-seed-only", "1", "--out", str(out), "--docs", str(docs))
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
     assert set(rows) == {"lune", "full_ft"}
     assert all(len(r["runs"]) == 1 for r in rows.values())  # size 1 asked for the first seed only
@@ -34,3 +38,23 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert "seeds [0, 1] (the first only at 1 facts)" in table
     assert "not measured: this table has no 3-fact `lune` run" in table
     assert "plotly" in (docs / "forget_vs_retention.html").read_text()
+
+    # --resume keeps the saved runs of the same settings, reruns nothing, and the table says so.
+    kept = bench("--seeds", "0", "1", "--first-seed-only", "1", "--out", str(out), "--docs", str(docs), "--resume")
+    assert kept.stdout.count(" kept ") == 2 and " ran " not in kept.stdout
+    again = json.loads(out.read_text())
+    assert [r["runs"] for r in again["results"]] == [rows["lune"]["runs"], rows["full_ft"]["runs"]]
+    assert [r["method"] for r in again["meta"]["reused_runs"]] == ["lune", "full_ft"]
+    assert "2 runs, made " in (docs / "benchmarks.md").read_text()
+    assert "--resume`: 1 facts seed 0 (lune, full_ft))" in (docs / "benchmarks.md").read_text()
+    # A run with any other setting is not the same run.
+    sys.path.insert(0, str(ROOT / "bench"))
+    import run_bench
+
+    saved, facts = tmp_path / "out" / "lune-1-0.json", run_bench.fact_set(1)
+    assert run_bench.finished_run(saved, "lune", facts, 0, 10, 16) is not None
+    assert run_bench.finished_run(saved, "lune", facts, 0, 5, 16) is None  # another steps budget
+    assert run_bench.finished_run(saved, "lune", facts, 1, 10, 16) is None  # another seed
+    assert run_bench.finished_run(saved, "lune_lora", facts, 0, 10, 16) is None  # another adapter
+    assert run_bench.finished_run(saved, "lune", facts, 0, 10, None) is None  # the whole general set
+    assert run_bench.finished_run(saved, "lune", run_bench.fact_set(3), 0, 10, 16) is None  # other facts
