@@ -106,7 +106,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
     parser.add_argument("--resume", action="store_true",
-                        help="keep the runs saved beside --out (in out/) with the same settings; the table says which")
+                        help="keep the runs saved beside --out (in out/) with the same settings; the table says "
+                        "which. Only settings are compared, not code: do not resume across a change to lune_core")
     args = parser.parse_args()
     methods = args.methods or (["lune", "full_ft"] if args.quick else METHODS)
     sizes = args.facts or ([1, 3] if args.quick else [1, 3, 10])
@@ -202,8 +203,8 @@ def _reused(meta: dict) -> str:
     groups: dict[int, dict[int, list[str]]] = {}
     for r in runs:
         groups.setdefault(r["facts"], {}).setdefault(r["seed"], []).append(r["method"])
-    kept = "; ".join(f"{n} facts seed {seed} ({'every method' if set(methods) >= set(METHODS) else ', '.join(methods)})"
-                     for n, by_seed in groups.items() for seed, methods in by_seed.items())
+    kept = "; ".join(f"{n} facts seed {seed} ({'every method' if set(ms) >= set(METHODS) else ', '.join(ms)})"
+                     for n, by_seed in groups.items() for seed, ms in by_seed.items())
     created = sorted(r["created"] or "?" for r in runs)
     return (f" (this invocation's; {len(runs)} runs, made {created[0]} to {created[-1]}, were kept from an "
             f"earlier one with `--resume`: {kept})")
