@@ -511,15 +511,14 @@ def build() -> gr.Blocks:
                 ask_status = gr.Markdown()
             before_box = gr.Textbox(label="Before (base model)", interactive=False, lines=4)
             after_box = gr.Textbox(label="After (with your adapter)", interactive=False, lines=4)
-        if S.robustness is not None:
-            with gr.Accordion("Robustness: does the forgetting survive relearning or re-quantization?", open=False):
-                robust_button = gr.Button("Check robustness")
-                robust_status = gr.Markdown()
-                robust_table = gr.Dataframe(interactive=False, wrap=True)
+        with gr.Accordion("Robustness: does the forgetting survive relearning or re-quantization?", open=False):
+            robust_button = gr.Button("Check robustness")
+            robust_status = gr.Markdown()
+            robust_table = gr.Dataframe(interactive=False, wrap=True, column_widths=["24%", "38%", "38%"])
 
         # 5. Cost
         gr.Markdown("## 5 · Cost", elem_classes="step-title")
-        cost = gr.Dataframe(cost_frame([]), interactive=False, label="This run, LoRA vs full fine-tuning")
+        cost = gr.Dataframe(cost_frame([]), interactive=False, label="This run's adapter vs full fine-tuning")
         gr.Markdown("On a CPU, peak memory is the resident memory of the whole server process.")
         full_ft_button = gr.Button("Run the same loss as full fine-tuning")
         cost_status = gr.Markdown()
@@ -563,8 +562,7 @@ def build() -> gr.Blocks:
         full_ft_button.click(on_full_ft, state, [cost, cost_status], api_name="full_finetune",
                              show_progress_on=[cost_status], **heavy)
         export_button.click(on_export, state, [downloads, export_status], api_name="export", **light)
-        if S.robustness is not None:
-            robust_button.click(on_robustness, state, [robust_table, robust_status], api_name="robustness", **heavy)
+        robust_button.click(on_robustness, state, [robust_table, robust_status], api_name="robustness", **heavy)
         demo.unload(on_unload)
     return demo
 

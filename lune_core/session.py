@@ -26,7 +26,7 @@ import psutil
 import safetensors.torch
 import torch
 
-from . import export
+from . import export, robustness
 from .adapters import AdapterState
 from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
@@ -37,10 +37,6 @@ from .models import (EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError,
 from .runner import ASSETS, RunResult, answer_with, load_anchors, load_general, run_unlearning
 from .zerogpu import gpu_duration, gpu_task
 
-try:  # written separately; the Compare section offers the check only when it exists
-    from . import robustness
-except ImportError:
-    robustness = None
 
 log = logging.getLogger("lune.session")
 
@@ -600,8 +596,6 @@ def _robustness_job(model_key, adapter, facts, config) -> dict:
 
 def check_robustness(session: Session) -> dict:
     """Does the forgetting survive a few steps of relearning, or merging and re-quantizing?"""
-    if robustness is None:
-        raise UserError("the robustness check is not available in this version")
     if session.adapter is None or session.report is None:
         raise UserError("run an unlearning first")
     _model(session)

@@ -63,6 +63,7 @@ def test_bad_input_gives_a_message_and_changes_nothing(client):
     assert outputs[1].startswith("⚠️") and "no facts" in outputs[1]
     assert "whole number" in unlearn(client, [["Who?", "Bob", "", ""]], steps=2.5).result()[1]
     assert client.predict(api_name="/export")[1].startswith("⚠️")
+    assert "run an unlearning first" in client.predict(api_name="/robustness")[1]
 
 
 def test_preset_fact_is_forgotten_general_answers_kept_and_visitors_isolated(app_url, first_fact):
@@ -110,3 +111,10 @@ def test_preset_fact_is_forgotten_general_answers_kept_and_visitors_isolated(app
     files, status = alice.predict(api_name="/export")
     names = sorted(str(f).rsplit("/", 1)[-1] for f in files)
     assert names == ["lune-adapter.zip", "lune-comparison.csv", "lune-loss-history.csv", "lune-report.json"]
+
+    # One click asks whether the forgetting survives relearning and re-quantization, probe by probe.
+    frame, note = alice.predict(api_name="/robustness")
+    assert frame["headers"] == ["prompt", "after_relearning", "after_requant"]
+    assert question in [row[0] for row in frame["data"]]
+    assert all(row[1].strip() and row[2].strip() for row in frame["data"])
+    assert "relearning on related text: **" in note and "re-quantizing to 4 bits: **" in note
