@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lune_core.config import DEFAULT_LEARNING_RATES  # noqa: E402
+from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
@@ -40,16 +40,29 @@ def fact_set(n: int) -> list[dict]:
     return [read_jsonl(ROOT / "assets" / "presets" / f"{name}.jsonl")[i] for name, i in FACT_PICKS[:n]]
 
 
+# What a benchmark method sets in the engine's config beyond its loss name; the CLI arguments of a
+# run and the check that a saved run is the same (--resume) both come from here.
+VARIANTS = {
+    # LUNE's loss on LoRA adapters over the middle layers (the default until the subject-token
+    # adapter): what the choice of adapter alone changes
+    "lune_lora": {"method": "lune", "adapter": "lora"},
+    # full fine-tuning of all (full-precision) weights with LUNE's replacement loss. All weights at
+    # LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
+    "full_ft": {"method": "lune_replace", "full_finetune": True, "learning_rate": FULL_FT_LR},
+}
+
+
+def method_settings(method: str) -> dict:
+    """The config fields a run of this benchmark method has: a loss of the registry, lune_lora or full_ft."""
+    return {"adapter": UnlearnConfig.adapter, "full_finetune": False, "method": method, **VARIANTS.get(method, {})}
+
+
 def method_args(method: str, robustness: bool) -> list[str]:
-    """CLI arguments for a benchmark method: a loss of the registry, lune_lora or full_ft."""
-    if method == "lune_lora":  # LUNE's loss on LoRA adapters over the middle layers (the default until the
-        # subject-token adapter): what the choice of adapter alone changes
-        return ["--method", "lune", "--adapter", "lora"] + (["--robustness"] if robustness else [])
-    if method == "full_ft":  # full fine-tuning of all (full-precision) weights with LUNE's replacement loss
-        # All weights at LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
-        return ["--method", "lune_replace", "--full-precision", "--lr", str(FULL_FT_LR)]
-    # the attacks need an adapter: not for full fine-tuning
-    return ["--method", method] + (["--robustness"] if robustness else [])
+    """CLI arguments for a benchmark method."""
+    s = method_settings(method)
+    if s["full_finetune"]:  # the attacks need an adapter: not for full fine-tuning
+        return ["--method", s["method"], "--full-precision", "--lr", str(s["learning_rate"])]
+    return ["--method", s["method"], "--adapter", s["adapter"]] + (["--robustness"] if robustness else [])
 
 
 def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit: int | None, out: Path) -> dict:
@@ -65,23 +78,19 @@ def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit
     return json.loads(out.read_text())["metrics"]
 
 
-def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: int,
-                 general_limit: int | None) -> dict | None:
+def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: int, general_count: int) -> dict | None:
     """The saved output of a run with exactly these settings, or None: what --resume may keep."""
     try:
         saved = json.loads(out.read_text())
         config, metrics = saved["config"], saved["metrics"]
     except (OSError, ValueError, KeyError):
         return None
-    expected = {"lune_lora": ("lune", "lora", False), "full_ft": ("lune_replace", config.get("adapter"), True)}.get(
-        method, (method, "subject", False))
-    same = ((config.get("method"), config.get("adapter"), config.get("full_finetune")) == expected
-            and config.get("seed") == seed and config.get("steps") == steps
-            and (method != "full_ft" or config.get("learning_rate") == FULL_FT_LR)
+    settings = dict(method_settings(method), seed=seed, steps=steps)
+    same = (all(config.get(key) == value for key, value in settings.items())
             and [(f["question"], f["answer"], f.get("replacement")) for f in saved.get("facts", [])]
             == [(f["question"], f["answer"], f.get("replacement")) for f in facts]
-            and sum(p["kind"] == "general" for p in saved.get("probes", [])) == len(load_general(limit=general_limit))
-            and (method == "full_ft" or saved.get("robustness") is not None))
+            and sum(p["kind"] == "general" for p in saved.get("probes", [])) == general_count
+            and (config.get("full_finetune") or saved.get("robustness") is not None))
     return {"metrics": metrics, "created": saved.get("created")} if same else None
 
 
@@ -119,17 +128,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
     results, reused = [], []
+    general_count = len(load_general(limit=general_limit))
     for n in sizes:
+        facts = fact_set(n)
         for method in methods:
             runs = []
             for seed in seeds[:1] if n in args.first_seed_only else seeds:
                 out = work / f"{method}-{n}-{seed}.json"
-                kept = finished_run(out, method, fact_set(n), seed, steps, general_limit) if args.resume else None
+                kept = finished_run(out, method, facts, seed, steps, general_count) if args.resume else None
                 if kept:
                     metrics = kept["metrics"]
                     reused.append({"method": method, "facts": n, "seed": seed, "created": kept["created"]})
                 else:
-                    metrics = run_one(method, fact_set(n), seed, steps, general_limit, out)
+                    metrics = run_one(method, facts, seed, steps, general_limit, out)
                 runs.append(metrics)
                 print(f"{method:14s} facts={n:2d} seed={seed} {'kept' if kept else 'ran '} " + " ".join(
                     f"{k}={metrics.get(k)}" for k in METRICS[:5]), flush=True)

@@ -56,5 +56,6 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert run_bench.finished_run(saved, "lune", facts, 0, 5, 16) is None  # another steps budget
     assert run_bench.finished_run(saved, "lune", facts, 1, 10, 16) is None  # another seed
     assert run_bench.finished_run(saved, "lune_lora", facts, 0, 10, 16) is None  # another adapter
-    assert run_bench.finished_run(saved, "lune", facts, 0, 10, None) is None  # the whole general set
+    assert run_bench.finished_run(saved, "lune", facts, 0, 10, 112) is None  # the whole general set
     assert run_bench.finished_run(saved, "lune", run_bench.fact_set(3), 0, 10, 16) is None  # other facts
+    assert run_bench.finished_run(tmp_path / "out" / "full_ft-1-0.json", "full_ft", facts, 0, 10, 16) is not None
