@@ -27,19 +27,32 @@ DEFAULTS = UnlearnConfig()
 MODEL_CHOICES = [("SmolLM2-135M-Instruct (embedded, works offline)", EMBEDDED_MODEL),
                  ("Qwen/Qwen2.5-0.5B-Instruct (from the hub)", "Qwen/Qwen2.5-0.5B-Instruct")]
 VERDICTS = {  # word, symbol and colour: the colour is never the only signal
-    "forgotten": ("✓ forgotten", "#d1fae5"), "kept": ("✓ kept", "#d1fae5"),
+    "forgotten": ("✓ forgotten", "#d1fae5"), "kept": ("✓ kept", "#d1fae5"), "agrees": ("✓ agrees", "#d1fae5"),
     "still leaks": ("✗ still leaks", "#fee2e2"), "lost": ("✗ lost", "#fee2e2"),
-    "broken": ("✗ broken", "#fde68a"),
+    "changed": ("✗ changed", "#fee2e2"), "broken": ("✗ broken", "#fde68a"),
     "not known before": ("– not known before", "#e5e7eb"), "wrong before": ("– wrong before", "#e5e7eb"),
+    "no answer before": ("– no answer before", "#e5e7eb"),
 }
 CARDS = [  # metric key, title, how to read it, format, the metric's value before (if any)
     ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct", None),
-    ("paraphrase_success", "Paraphrase success", "same, asked in other words (higher is better)", "pct", None),
-    ("general_retention", "General retention", "known general answers still right (higher is better)", "pct", None),
+    ("forget_clean", "Forgotten cleanly", "no longer said, and the answer is not broken", "pct", None),
+    ("paraphrase_success", "Paraphrase success", "the fact's own rewordings no longer said", "pct", None),
+    ("adversarial_success", "Adversarial success", "cloze, multiple choice, 'Sure, the answer is', hints",
+     "pct", None),
+    ("neighbour_retention", "Neighbour retention", "the facts' neighbours still right: same subject, same "
+     "question about others, shared words", "pct", None),
+    ("neighbour_agreement", "Neighbour agreement", "automatic neighbours that still say what the base said",
+     "pct", None),
+    ("general_retention", "General retention", "unrelated known answers still right", "pct", None),
     ("degenerate_rate", "Degenerate answers", "empty or looping answers after (lower is better)", "pct",
      "degenerate_rate_before"),
-    ("answer_logprob_drop", "Answer log-prob drop", "how much less likely the answer became (nats)", "num", None),
+    ("truth_ratio_after", "Truth ratio", "likelihood of wrong answers over the true one; above 1: the true "
+     "answer is no longer preferred", "num", "truth_ratio_before"),
 ]
+KIND_ORDER = {"forget": 0, "paraphrase": 1, "reworded": 2, "adversarial": 3, "neighbour": 4, "general": 5}
+KIND_WORDS = {"same_subject": "same subject", "same_relation": "same question, other subject",
+              "shared_words": "shared words", "unspecified": "yours", "in_context": "in-context hint",
+              "choice": "multiple choice", "prefix": "'Sure, the answer is'", "cloze": "fill in the blank"}
 CSS = """
 .cards {display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 10px;}
 .card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 10px 14px;
@@ -163,9 +176,21 @@ def _what_was_trained(report: dict) -> str:
     return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}."
 
 
+def kind_label(row: dict) -> str:
+    """'neighbour · same subject (curated)': the kind with its sub-kind and source visible."""
+    label = row["kind"]
+    if row.get("subkind"):
+        label += f" · {KIND_WORDS.get(row['subkind'], row['subkind'])}"
+    if row["kind"] == "neighbour" and row.get("source"):
+        label += f" ({row['source']})"
+    return label
+
+
 def comparison_frame(rows: list[dict]):
+    rows = sorted(rows, key=lambda r: KIND_ORDER.get(r["kind"], 9))  # stable: the run's order within a kind
     frame = pd.DataFrame(
-        [[r["kind"], r["prompt"], r["expected"], r["before"], r["after"],
+        [[kind_label(r), r["prompt"] + (f"\n↳ reply made to start: {r['prefill']}" if r.get("prefill") else ""),
+          r["expected"] or "(the base's own answer)", r["before"], r["after"],
           VERDICTS.get(r["verdict"], (r["verdict"],))[0]] for r in rows],
         columns=["kind", "prompt", "answer checked", "before", "after", "verdict"])
     if frame.empty:
@@ -181,18 +206,19 @@ def cards_html(metrics: dict | None) -> str:
             return "–"
         return f"{100 * value:.0f} %" if kind == "pct" else f"{value:.2f}"
 
-    def before(key):
-        return f" · before: {show(metrics[key], 'pct')}" if key and metrics.get(key) is not None else ""
+    def before(key, kind):
+        return f" · before: {show(metrics[key], kind)}" if key and metrics.get(key) is not None else ""
 
     metrics = metrics or {}
     cards = "".join(
         f"<div class='card'><div class='title'>{title}</div><div class='value'>{show(metrics.get(key), kind)}</div>"
-        f"<div class='hint'>{hint}{before(base)}</div></div>" for key, title, hint, kind, base in CARDS)
+        f"<div class='hint'>{hint}{before(base, kind)}</div></div>" for key, title, hint, kind, base in CARDS)
     return f"<div class='cards'>{cards}</div>"
 
 
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(runs, columns=["run", "method", "facts", "steps", "forget_success", "paraphrase_success",
+                                       "adversarial_success", "neighbour_retention", "neighbour_agreement",
                                        "general_retention", "seconds", "stopped"])
 
 
@@ -252,17 +278,24 @@ def on_add_sentences(rows, sentences: str):
     return merged, f"The table now holds {len(merged)} facts.", ""
 
 
-def _run_outputs(state: S.Session, update: S.RunUpdate, plot_again: bool):
-    """plot, progress, comparison, cards, run history, cost table."""
+ROBUSTNESS_COLUMNS = ["prompt", "after relearning", "after re-quantizing"]
+ROBUSTNESS_EMPTY = "Press **Check robustness** after a run."
+
+
+def _run_outputs(state: S.Session, update: S.RunUpdate, plot_again: bool, first: bool = False):
+    """plot, progress, comparison, cards, run history, cost table, robustness table and status."""
     figure = loss_figure(state.history) if plot_again else gr.skip()
+    # The robustness panel belongs to the adapter it attacked: it goes when a new run starts.
+    robust = (pd.DataFrame(columns=ROBUSTNESS_COLUMNS), ROBUSTNESS_EMPTY) if first or update.done else (
+        gr.skip(), gr.skip())
     if not update.done:
-        return figure, progress_markdown(update), *[gr.skip()] * 4
+        return figure, progress_markdown(update), *[gr.skip()] * 4, *robust
     report = state.report
     return (figure, finished_markdown(report), comparison_frame(S.comparison_rows(report)),
-            cards_html(report["metrics"]), runs_frame(state.runs), cost_frame(S.cost_rows(state)))
+            cards_html(report["metrics"]), runs_frame(state.runs), cost_frame(S.cost_rows(state)), *robust)
 
 
-@guarded_stream(outputs=6, status_at=1)
+@guarded_stream(outputs=8, status_at=1)
 def on_run(state: S.Session, rows, method, adapter, steps, lr, rank, layers, seed, max_new_tokens, early_stop,
            general_prompts, request: gr.Request):
     S.bind(state, request.session_hash if request else None)
@@ -270,7 +303,8 @@ def on_run(state: S.Session, rows, method, adapter, steps, lr, rank, layers, see
                 "layers": layers, "seed": seed, "max_new_tokens": max_new_tokens, "early_stop": early_stop}
     plotted = None
     for update in S.run(state, rows, settings, general_prompts):
-        yield _run_outputs(state, update, plot_again=plotted != len(state.history) or update.done)
+        yield _run_outputs(state, update, plot_again=plotted != len(state.history) or update.done,
+                           first=plotted is None)
         plotted = len(state.history)
 
 
@@ -281,12 +315,12 @@ def on_stop(state: S.Session):
     return "Nothing is running."
 
 
-@guarded(outputs=6, status_at=1)
+@guarded(outputs=8, status_at=1)
 def on_reset(state: S.Session):
     S.reset(state)
     return (loss_figure([]), "Adapter removed: the model answers like the base model again. "
             "Your facts and the run history stay.", comparison_frame([]), cards_html(None), gr.skip(),
-            cost_frame([]))
+            cost_frame([]), pd.DataFrame(columns=ROBUSTNESS_COLUMNS), ROBUSTNESS_EMPTY)
 
 
 @guarded(outputs=3, status_at=2)
@@ -321,17 +355,33 @@ def on_export(state: S.Session, request: gr.Request):
     return files, f"{len(files)} files ready: click a name to download."
 
 
-@guarded(outputs=2, status_at=1)
-def on_robustness(state: S.Session):
-    result = S.check_robustness(state)
-
+def robustness_markdown(result: dict) -> str:
     def pct(v):
         return "–" if v is None else f"{100 * v:.0f} %"
 
-    return (pd.DataFrame(S.robustness_rows(result), columns=["prompt", "after_relearning", "after_requant"]),
-            f"Facts said again after {result.get('relearn_steps', 'a few')} steps of relearning on related text: "
+    n = result.get("forgotten_probes", 0)
+    line = (f"Of the **{n}** questions the run made the model forget, said again after "
+            f"{result.get('relearn_steps', 'a few')} steps of relearning on related text: "
             f"**{pct(result.get('relearn_leak_rate'))}** · after merging the adapter and re-quantizing to 4 bits: "
             f"**{pct(result.get('requant_leak_rate'))}** (lower is better).")
+    still = result.get("still_leaking_after_training")
+    if still:
+        line += (f" {still} question(s) still gave the answer right after training; they were never forgotten, "
+                 "so they are not counted as coming back.")
+    return line
+
+
+@guarded_stream(outputs=2, status_at=1)
+def on_robustness(state: S.Session):
+    for event in S.check_robustness(state):
+        if "result" in event:
+            result = event["result"]
+            yield (pd.DataFrame([[r["prompt"], r.get("after_relearning", ""), r.get("after_requant", "")]
+                                 for r in S.robustness_rows(result)], columns=ROBUSTNESS_COLUMNS),
+                   robustness_markdown(result))
+        else:
+            yield gr.skip(), (f"Attack {event['stage'] + 1} of 3: {event['name']}… "
+                              f"({_clock(event['elapsed'])} so far; the whole check takes a minute or more on a CPU)")
 
 
 def on_unload(request: gr.Request):
@@ -444,9 +494,9 @@ def build() -> gr.Blocks:
                                      label="Facts to take from it", elem_id="preset-count")
             preset_info = gr.Markdown(elem_id="preset-info")
         facts = gr.Dataframe(
-            value=pd.DataFrame([["", "", "", ""]], columns=S.FACT_COLUMNS), headers=S.FACT_COLUMNS, datatype="str",
-            interactive=True, wrap=True, column_count=4, label="Facts (editable)", elem_id="facts",
-            column_widths=["32%", "18%", "20%", "30%"], max_chars=LIMITS.max_text_chars)
+            value=pd.DataFrame([[""] * len(S.FACT_COLUMNS)], columns=S.FACT_COLUMNS), headers=S.FACT_COLUMNS,
+            datatype="str", interactive=True, wrap=True, column_count=len(S.FACT_COLUMNS), label="Facts (editable)",
+            elem_id="facts", column_widths=["24%", "13%", "15%", "22%", "26%"], max_chars=LIMITS.max_text_chars)
         with gr.Accordion("Or write sentences with the answer in [brackets]", open=False):
             sentences = gr.Textbox(lines=3, max_length=LIMITS.max_text_chars * LIMITS.max_facts,
                                    label="One per line", placeholder="The capital of France is [Paris].")
@@ -513,8 +563,9 @@ def build() -> gr.Blocks:
             after_box = gr.Textbox(label="After (with your adapter)", interactive=False, lines=4)
         with gr.Accordion("Robustness: does the forgetting survive relearning or re-quantization?", open=False):
             robust_button = gr.Button("Check robustness")
-            robust_status = gr.Markdown()
-            robust_table = gr.Dataframe(interactive=False, wrap=True, column_widths=["24%", "38%", "38%"])
+            robust_status = gr.Markdown(ROBUSTNESS_EMPTY)
+            robust_table = gr.Dataframe(pd.DataFrame(columns=ROBUSTNESS_COLUMNS), interactive=False, wrap=True,
+                                        column_widths=["24%", "38%", "38%"])
 
         # 5. Cost
         gr.Markdown("## 5 · Cost", elem_classes="step-title")
@@ -549,7 +600,7 @@ def build() -> gr.Blocks:
         add_button.click(on_add_sentences, [facts, sentences], [facts, facts_status, sentences],
                          api_name="add_sentences", **light)
         method.change(method_markdown, method, method_info, api_visibility="private", **light)
-        run_outputs = [plot, run_status, compare, cards, runs, cost]
+        run_outputs = [plot, run_status, compare, cards, runs, cost, robust_table, robust_status]
         run_button.click(on_run, [state, facts, method, adapter, steps, lr, rank, layers, seed, max_new_tokens,
                                   early_stop, general_prompts], run_outputs, api_name="unlearn",
                          show_progress_on=[run_status], **heavy)
@@ -562,7 +613,8 @@ def build() -> gr.Blocks:
         full_ft_button.click(on_full_ft, state, [cost, cost_status], api_name="full_finetune",
                              show_progress_on=[cost_status], **heavy)
         export_button.click(on_export, state, [downloads, export_status], api_name="export", **light)
-        robust_button.click(on_robustness, state, [robust_table, robust_status], api_name="robustness", **heavy)
+        robust_button.click(on_robustness, state, [robust_table, robust_status], api_name="robustness",
+                            show_progress_on=[robust_status], **heavy)
         demo.unload(on_unload)
     return demo
 

@@ -26,18 +26,28 @@ from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
-METHODS = ["lune", "lune_lora", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
+METHODS = ["lune", "lune_lora", "paper_recipe", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo",
+           "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
-METRICS = ["forget_success", "paraphrase_success", "general_retention", "degenerate_rate", "answer_logprob_drop",
-           "degenerate_rate_before", "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb",
-           "steps_run", "relearn_leak_rate", "requant_leak_rate"]
-# Facts not used while tuning the defaults (those were France, gold, Romeo and Juliet and Hamlet).
-FACT_PICKS = [("capitals", 1), ("science_symbols", 0), ("authors", 1), ("capitals", 3), ("science_symbols", 4),
-              ("authors", 4), ("capitals", 6), ("science_symbols", 7), ("authors", 6), ("capitals", 8)]
+METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
+           "neighbour_retention", "neighbour_agreement", "general_retention", "degenerate_rate",
+           "answer_logprob_drop", "degenerate_rate_before", "truth_ratio_before", "truth_ratio_after",
+           "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run",
+           "relearn_leak_rate", "requant_leak_rate"]
+# Two fact sets, never mixed. "heldout": facts nobody tuned anything on (the figures to quote).
+# "dev": the facts settings may be tuned on (France, gold and Hamlet were the earlier sessions' tuning
+# facts). Each fact's curated neighbours (assets/neighbours.jsonl) come with it.
+FACT_SETS = {
+    "heldout": [("capitals", 1), ("science_symbols", 0), ("authors", 1), ("capitals", 3), ("science_symbols", 4),
+                ("authors", 4), ("capitals", 6), ("science_symbols", 7), ("authors", 6), ("capitals", 8)],
+    "dev": [("capitals", 0), ("science_symbols", 3), ("authors", 0), ("capitals", 2), ("science_symbols", 1),
+            ("authors", 2), ("capitals", 5), ("science_symbols", 6), ("authors", 8), ("capitals", 9)],
+}
+FACT_PICKS = FACT_SETS["heldout"]
 
 
-def fact_set(n: int) -> list[dict]:
-    return [read_jsonl(ROOT / "assets" / "presets" / f"{name}.jsonl")[i] for name, i in FACT_PICKS[:n]]
+def fact_set(n: int, name: str = "heldout") -> list[dict]:
+    return [read_jsonl(ROOT / "assets" / "presets" / f"{preset}.jsonl")[i] for preset, i in FACT_SETS[name][:n]]
 
 
 # What a benchmark method sets in the engine's config beyond its loss name; the CLI arguments of a
@@ -49,7 +59,13 @@ VARIANTS = {
     # full fine-tuning of all (full-precision) weights with LUNE's replacement loss. All weights at
     # LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
     "full_ft": {"method": "lune_replace", "full_finetune": True, "learning_rate": FULL_FT_LR},
+    # The paper's recipe as a public reimplementation reads it: LoRA r16, alpha 16, dropout 0.05 on
+    # every projection of every layer, AdamW 2e-4, NLL on the negative examples only (no retain term).
+    "paper_recipe": {"method": "lune_replace", "adapter": "lora", "lora_rank": 16, "lora_alpha": 16,
+                     "lora_dropout": 0.05, "layer_band": (0.0, 1.0), "learning_rate": 2e-4, "retain_weight": 0.0},
 }
+# Settings that the CLI takes through `--set FIELD=VALUE` rather than a flag of their own.
+_SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "retain_weight", "lora_rank")
 
 
 def method_settings(method: str) -> dict:
@@ -62,7 +78,14 @@ def method_args(method: str, robustness: bool) -> list[str]:
     s = method_settings(method)
     if s["full_finetune"]:  # the attacks need an adapter: not for full fine-tuning
         return ["--method", s["method"], "--full-precision", "--lr", str(s["learning_rate"])]
-    return ["--method", s["method"], "--adapter", s["adapter"]] + (["--robustness"] if robustness else [])
+    args = ["--method", s["method"], "--adapter", s["adapter"]]
+    if "learning_rate" in s:
+        args += ["--lr", str(s["learning_rate"])]
+    for key in _SET_FIELDS:
+        if key in s:
+            value = ",".join(map(str, s[key])) if isinstance(s[key], tuple) else str(s[key])
+            args += ["--set", f"{key}={value}"]
+    return args + (["--robustness"] if robustness else [])
 
 
 def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit: int | None, out: Path) -> dict:
@@ -86,7 +109,8 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
     except (OSError, ValueError, KeyError):
         return None
     settings = dict(method_settings(method), seed=seed, steps=steps)
-    same = (all(config.get(key) == value for key, value in settings.items())
+    same = (all(config.get(key) == (list(value) if isinstance(value, tuple) else value)
+                for key, value in settings.items())
             and [(f["question"], f["answer"], f.get("replacement")) for f in saved.get("facts", [])]
             == [(f["question"], f["answer"], f.get("replacement")) for f in facts]
             and sum(p["kind"] == "general" for p in saved.get("probes", [])) == general_count
@@ -110,6 +134,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--first-seed-only", nargs="*", type=int, default=[], metavar="SIZE",
                         help="fact-set sizes run with the first seed only (the table gives each row's seeds)")
+    parser.add_argument("--sets", nargs="*", default=None, choices=list(FACT_SETS),
+                        help="fact sets (default: heldout and dev; --quick: heldout)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--general-limit", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
@@ -129,25 +155,29 @@ def main() -> None:
     started = time.time()
     results, reused = [], []
     general_count = len(load_general(limit=general_limit))
-    for n in sizes:
-        facts = fact_set(n)
-        for method in methods:
-            runs = []
-            for seed in seeds[:1] if n in args.first_seed_only else seeds:
-                out = work / f"{method}-{n}-{seed}.json"
-                kept = finished_run(out, method, facts, seed, steps, general_count) if args.resume else None
-                if kept:
-                    metrics = kept["metrics"]
-                    reused.append({"method": method, "facts": n, "seed": seed, "created": kept["created"]})
-                else:
-                    metrics = run_one(method, facts, seed, steps, general_limit, out)
-                runs.append(metrics)
-                print(f"{method:14s} facts={n:2d} seed={seed} {'kept' if kept else 'ran '} " + " ".join(
-                    f"{k}={metrics.get(k)}" for k in METRICS[:5]), flush=True)
-            results.append({"method": method, "facts": n, "runs": runs,
-                            "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
+    sets = args.sets or (["heldout"] if args.quick else list(FACT_SETS))
+    for name in sets:
+        for n in sizes:
+            facts = fact_set(n, name)
+            for method in methods:
+                runs = []
+                for seed in seeds[:1] if n in args.first_seed_only else seeds:
+                    out = work / f"{method}-{name}-{n}-{seed}.json"
+                    kept = finished_run(out, method, facts, seed, steps, general_count) if args.resume else None
+                    if kept:
+                        metrics = kept["metrics"]
+                        reused.append({"method": method, "set": name, "facts": n, "seed": seed,
+                                       "created": kept["created"]})
+                    else:
+                        metrics = run_one(method, facts, seed, steps, general_limit, out)
+                    runs.append(metrics)
+                    print(f"{method:14s} {name:7s} facts={n:2d} seed={seed} {'kept' if kept else 'ran '} " + " ".join(
+                        f"{k}={metrics.get(k)}" for k in METRICS[:8]), flush=True)
+                results.append({"method": method, "set": name, "facts": n, "runs": runs,
+                                "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
     for row in results:  # ratios to full fine-tuning measured in this same run
-        ft = next((r for r in results if r["method"] == "full_ft" and r["facts"] == row["facts"]), None)
+        ft = next((r for r in results if r["method"] == "full_ft" and r["facts"] == row["facts"]
+                   and r["set"] == row["set"]), None)
         if ft is None:
             continue
         ratio = {}
@@ -158,6 +188,7 @@ def main() -> None:
         ratio["forget_success_gap"] = round(a - b, 4) if a is not None and b is not None else None
         row["vs_full_ft"] = ratio
     meta = environment(args.quick, seeds, sizes, steps, general_limit, time.time() - started)
+    meta["sets"] = sets
     meta["first_seed_only"] = [n for n in sizes if n in args.first_seed_only]
     meta["reused_runs"] = reused
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
@@ -190,8 +221,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-TARGETS = {"forget_success": (">=", 0.95), "paraphrase_success": (">=", 0.85), "general_retention": (">=", 0.95),
-           "degenerate_rate": ("<=", 0.05)}
+# The targets of the LoRA-locality issue, for `lune` on the held-out facts: (op, bound) per fact count.
+TARGETS = {
+    "forget_success": (">=", {3: 0.95, 10: 0.90}), "forget_clean": (">=", {3: 0.95, 10: 0.90}),
+    "paraphrase_success": (">=", {3: 0.85, 10: 0.80}), "adversarial_success": (">=", {3: 0.70, 10: 0.65}),
+    "general_retention": (">=", {3: 0.95, 10: 0.93}), "neighbour_retention": (">=", {3: 0.90, 10: 0.85}),
+    "relearn_leak_rate": ("<=", {3: 0.10, 10: 0.15}), "requant_leak_rate": ("<=", {3: 0.10, 10: 0.15}),
+    "train_seconds": ("<=", {3: 45, 10: 150}),
+}
+RATIO_TARGETS = {"peak_memory_mb": 0.5, "seconds_per_step": 0.6}
+DEGENERATE_MARGIN = 0.02  # degenerate_rate at most the base's own rate plus this
 
 
 def _fmt(cell: dict, digits: int = 2) -> str:
@@ -211,14 +250,49 @@ def _reused(meta: dict) -> str:
     runs = meta.get("reused_runs")
     if not runs:
         return ""
-    groups: dict[int, dict[int, list[str]]] = {}
+    groups: dict[tuple, dict[int, list[str]]] = {}
     for r in runs:
-        groups.setdefault(r["facts"], {}).setdefault(r["seed"], []).append(r["method"])
-    kept = "; ".join(f"{n} facts seed {seed} ({'every method' if set(ms) >= set(METHODS) else ', '.join(ms)})"
-                     for n, by_seed in groups.items() for seed, ms in by_seed.items())
+        groups.setdefault((r.get("set", "heldout"), r["facts"]), {}).setdefault(r["seed"], []).append(r["method"])
+    kept = "; ".join(f"{name} {n} facts seed {seed} ({'every method' if set(ms) >= set(METHODS) else ', '.join(ms)})"
+                     for (name, n), by_seed in groups.items() for seed, ms in by_seed.items())
     created = sorted(r["created"] or "?" for r in runs)
     return (f" (this invocation's; {len(runs)} runs, made {created[0]} to {created[-1]}, were kept from an "
             f"earlier one with `--resume`: {kept})")
+
+
+COLUMNS = [  # header, summary key, digits
+    ("forget", "forget_success", 2), ("clean", "forget_clean", 2), ("paraphrase", "paraphrase_success", 2),
+    ("reworded", "reworded_success", 2), ("adversarial", "adversarial_success", 2),
+    ("neighbour", "neighbour_retention", 2), ("agreement", "neighbour_agreement", 2),
+    ("general", "general_retention", 2)]
+
+
+def _met(value, op: str, bound) -> str:
+    ok = value is not None and (value >= bound if op == ">=" else value <= bound)
+    return "met" if ok else "MISSED"
+
+
+def target_lines(results: list[dict]) -> list[str]:
+    """Each target of the locality issue against `lune` on the held-out facts, met or MISSED."""
+    lines = []
+    for n in (3, 10):
+        row = next((r for r in results if r["method"] == "lune" and r["facts"] == n and r["set"] == "heldout"), None)
+        lines += ["", f"### {n} facts (held-out set)", ""]
+        if row is None:
+            lines.append(f"- not measured: this table has no {n}-fact `lune` run on the held-out facts")
+            continue
+        s = row["summary"]
+        for key, (op, bounds) in TARGETS.items():
+            value = s[key]["mean"]
+            lines.append(f"- {key} {op} {bounds[n]}: {value} — {_met(value, op, bounds[n])}")
+        degenerate, base = s["degenerate_rate"]["mean"], s["degenerate_rate_before"]["mean"]
+        bound = None if base is None else round(base + DEGENERATE_MARGIN, 4)
+        lines.append(f"- degenerate_rate <= base + {DEGENERATE_MARGIN} ({bound}): {degenerate} — "
+                     f"{_met(degenerate, '<=', bound) if bound is not None else 'MISSED'}")
+        for key, bound in RATIO_TARGETS.items():
+            value = row.get("vs_full_ft", {}).get(key)
+            lines.append(f"- {key} ratio to full FT <= {bound}: {value} — {_met(value, '<=', bound)}")
+    return lines
 
 
 def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
@@ -229,44 +303,33 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"- date {meta['date']}; {meta['machine']}; Python {meta['python']}, torch {meta['torch']}, "
              f"transformers {meta['transformers']}, peft {meta['peft']}, bitsandbytes {meta['bitsandbytes']}",
              "- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
-             f"- seeds {meta['seeds']}{_first_seed_only(meta)}, fact sets {meta['fact_sets']}, at most "
+             f"- fact sets {meta.get('sets', ['heldout'])} (heldout: never tuned on; dev: may be tuned on), "
+             f"sizes {meta['fact_sets']}, seeds {meta['seeds']}{_first_seed_only(meta)}, at most "
              f"{meta['max_steps']} steps (early stop on), general set limit {meta['general_limit'] or 'all'}; "
              f"wall time {meta['wall_seconds']} s" + _reused(meta),
+             "- every figure is a share of the probes the base model could show it on (README, *Metrics*): "
+             "forget-like kinds where the base said the answer, neighbour and general where it answered "
+             "right, agreement where it answered at all. clean: forgotten and not degenerate; "
+             "neighbour: curated neighbours (same subject, same relation, shared words); agreement: automatic "
+             "ones; truth ratio: geometric mean over facts, before → after (above 1: a wrong answer is more "
+             "likely than the true one)",
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
-             "", "| facts | method | seeds | forget | paraphrase | retention | degenerate (before) "
-             "| logprob drop | trainable params | s/step | train s | peak MB | mem / FT | step time / FT "
-             "| relearn leak | requant leak |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| set | facts | method | seeds | " + " | ".join(h for h, _, _ in COLUMNS)
+             + " | degenerate (before) | truth ratio | trainable params | s/step | train s | peak MB | mem / FT "
+             "| step time / FT | relearn leak | requant leak |",
+             "|" + "---|" * (4 + len(COLUMNS) + 10)]
     for row in results:
         s, v = row["summary"], row.get("vs_full_ft", {})
+        truth = f"{_fmt(s['truth_ratio_before'], 3)} → {_fmt(s['truth_ratio_after'], 3)}"
         lines.append("| " + " | ".join([
-            str(row["facts"]), row["method"], str(len(row["runs"])), _fmt(s["forget_success"]),
-            _fmt(s["paraphrase_success"]), _fmt(s["general_retention"]),
-            f"{_fmt(s['degenerate_rate'])} ({_fmt(s['degenerate_rate_before'])})", _fmt(s["answer_logprob_drop"]),
+            row["set"], str(row["facts"]), row["method"], str(len(row["runs"])),
+            *[_fmt(s[key], digits) for _, key, digits in COLUMNS],
+            f"{_fmt(s['degenerate_rate'])} ({_fmt(s['degenerate_rate_before'])})", truth,
             f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
             _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", "")),
             _fmt(s["relearn_leak_rate"]), _fmt(s["requant_leak_rate"])]) + " |")
-    lines += ["", "## Targets (3 facts, `lune`, default settings)", ""]
-    lune3 = next((r for r in results if r["method"] == "lune" and r["facts"] == 3), None)
-    if lune3 is None:
-        lines.append("- not measured: this table has no 3-fact `lune` run")
-    else:
-        s = lune3["summary"]
-        for key, (op, bound) in TARGETS.items():
-            value = s[key]["mean"]
-            ok = value is not None and (value >= bound if op == ">=" else value <= bound)
-            lines.append(f"- {key} {op} {bound}: {value} — {'met' if ok else 'MISSED'}")
-        train = s["train_seconds"]["mean"]
-        lines.append(f"- train time <= 45 s: {train} — {'met' if train is not None and train <= 45 else 'MISSED'}")
-        v = lune3.get("vs_full_ft", {})
-        for key, bound in (("peak_memory_mb", 0.5), ("seconds_per_step", 0.6)):
-            value = v.get(key)
-            lines.append(f"- {key} ratio to full FT <= {bound}: {value} — "
-                         f"{'met' if value is not None and value <= bound else 'MISSED'}")
-        gap = v.get("forget_success_gap")
-        lines.append(f"- forget_success within 0.05 of full FT: gap {gap} — "
-                     f"{'met' if gap is not None and abs(gap) <= 0.05 else 'MISSED'}")
+    lines += ["", "## Targets (`lune`, default settings, held-out facts)"] + target_lines(results)
     lines += ["", "Notes on each method are in the section below, written after reading this table.", ""]
     notes = folder / "benchmarks_notes.md"
     if notes.exists():
@@ -282,11 +345,12 @@ def chart(path: Path, results: list[dict]) -> None:
     for method in dict.fromkeys(r["method"] for r in results):
         rows = [r for r in results if r["method"] == method]
         fig.add_trace(go.Scatter(
-            x=[r["summary"]["general_retention"]["mean"] for r in rows],
-            y=[r["summary"]["forget_success"]["mean"] for r in rows],
-            text=[f"{r['facts']} facts" for r in rows], mode="markers+text", name=method, textposition="top center"))
-    fig.update_layout(title="Forget success vs general retention (mean over seeds)",
-                      xaxis_title="general_retention", yaxis_title="forget_success")
+            x=[r["summary"]["neighbour_retention"]["mean"] for r in rows],
+            y=[r["summary"]["forget_clean"]["mean"] for r in rows],
+            text=[f"{r['set']} {r['facts']}" for r in rows], mode="markers+text", name=method,
+            textposition="top center"))
+    fig.update_layout(title="Clean forgetting vs neighbour retention (mean over seeds)",
+                      xaxis_title="neighbour_retention", yaxis_title="forget_clean")
     fig.write_html(path, include_plotlyjs="cdn")
 
 

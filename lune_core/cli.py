@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 
 from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .facts import FactError, load_facts, parse_sentences, validate_facts
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="unlearn facts and write a report")
     source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("--facts", help="JSON Lines: question, answer, replacement?, paraphrases?")
+    source.add_argument("--facts", help="JSON Lines: question, answer, replacement?, paraphrases?, "
+                                        "keep? (a list of {question, answers} that must stay right)")
     source.add_argument("--sentences", help="text file, one sentence a line with the answer in [brackets]")
     run.add_argument("--general", help="JSON Lines: question, answers (default: the shipped set)")
     run.add_argument("--general-limit", type=int, default=None, help="use only the first N general questions")
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--gradient-checkpointing", action="store_true",
                      help="recompute activations in the backward pass: less memory, slower steps")
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                     help="any other setting of lune_core.config.UnlearnConfig, e.g. --set lora_dropout=0.05 "
+                          "--set layer_band=0,1 (repeatable; applied after the flags above)")
     run.add_argument("--out", required=True, help="where to write REPORT.json")
     run.add_argument("--save-adapter", help="folder for the trained adapter (PEFT format)")
     run.add_argument("--robustness", action="store_true",
@@ -64,7 +69,39 @@ def _config(args) -> UnlearnConfig:
                   gradient_checkpointing=args.gradient_checkpointing)
     if args.no_early_stop:
         kwargs["check_every"] = 0
+    kwargs.update(parse_settings(args.set))
     return UnlearnConfig(**kwargs)
+
+
+def parse_settings(items: list[str]) -> dict:
+    """FIELD=VALUE pairs typed by the config field's default: numbers, true/false, comma lists."""
+    defaults = UnlearnConfig()
+    out = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in {f.name for f in fields(UnlearnConfig)}:
+            raise UsageError(f"--set {item[:40]!r}: expected FIELD=VALUE with a field of UnlearnConfig")
+        default, raw = getattr(defaults, name), raw.strip()
+        try:
+            if raw.lower() in ("none", ""):
+                value = None
+            elif isinstance(default, bool):
+                value = {"true": True, "false": False}[raw.lower()]
+            elif isinstance(default, int):
+                value = int(raw)
+            elif isinstance(default, float) or name == "learning_rate":
+                value = float(raw)
+            elif isinstance(default, tuple) or name == "layers":
+                parts = [p.strip() for p in raw.split(",") if p.strip()]
+                value = tuple(float(p) if name == "layer_band" else (int(p) if name == "layers" else p)
+                              for p in parts)
+            else:
+                value = raw
+        except (KeyError, ValueError):
+            raise UsageError(f"--set {name}: {raw[:20]!r} is not a valid value") from None
+        out[name] = value
+    return out
 
 
 def _format_step(record) -> str:
@@ -125,17 +162,23 @@ def cmd_run(args) -> int:
 
         attacks = check_robustness(lm, result.adapter, facts, config)
         result.report["robustness"] = attacks
-        result.report["metrics"].update({k: attacks[k] for k in ("relearn_leak_rate", "requant_leak_rate")})
+        result.report["metrics"].update({k: attacks[k] for k in ("relearn_leak_rate", "requant_leak_rate",
+                                                                 "still_leaking_after_training")})
     save_report(result.report, args.out)
     if args.save_adapter and result.adapter is not None:
         from .export import save_adapter
 
         save_adapter(result.adapter, args.save_adapter, lm.display_name)
     m = result.report["metrics"]
-    print(f"forget_success={m['forget_success']} paraphrase_success={m['paraphrase_success']} "
-          f"general_retention={m['general_retention']} degenerate_rate={m['degenerate_rate']} "
-          f"train_seconds={m['train_seconds']} -> {args.out}")
+    print(" ".join(f"{k}={m[k]}" for k in SUMMARY if k in m) + f" -> {args.out}")
     return 0
+
+
+# The figures the last line prints, in the order a reader weighs them.
+SUMMARY = ("forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
+           "neighbour_retention", "neighbour_agreement", "general_retention", "truth_ratio_before",
+           "truth_ratio_after", "degenerate_rate", "degenerate_rate_before", "relearn_leak_rate",
+           "requant_leak_rate", "train_seconds")
 
 
 def _quiet_libraries() -> None:

@@ -92,6 +92,7 @@ class RunLimits:
     max_facts: int = 10
     max_text_chars: int = 500
     max_paraphrases: int = 5
+    max_keep: int = 10  # a fact's questions that must stay right
     max_steps: int = 200
     max_new_tokens: int = 64
     max_lora_rank: int = 64

@@ -39,6 +39,16 @@ def forget_sequence(lm: LoadedModel, fact: Fact, base_answer: str):
     return encode_pair(lm.tokenizer, fact.question, text, loss_span=span, add_eos=False), text
 
 
+def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: list[str]):
+    """The fact's question, then the base model's own opening with each of `answers` where the
+    forgotten words were ("The capital of France is" + " Lyon"); loss on those words only. Without
+    such an opening, the bare answers. What the truth ratio compares."""
+    span = _answer_span(base_answer, fact.answer)
+    prefix = base_answer[: span[0]] if span else ""
+    return [encode_pair(lm.tokenizer, fact.question, prefix + a, loss_span=(len(prefix), len(prefix + a)),
+                        add_eos=False) for a in answers]
+
+
 def negative_target(fact: Fact, base_answer: str) -> tuple[str, tuple[int, int] | None]:
     """The negative answer and the span that carries loss.
 

@@ -13,12 +13,14 @@ from safetensors.torch import save_file
 from .adapters import AdapterState, peft_config
 
 ADAPTER_FOLDER = "lune-adapter"
-COMPARISON_COLUMNS = ["kind", "prompt", "expected", "before", "after", "verdict"]
+COMPARISON_COLUMNS = ["kind", "subkind", "source", "prompt", "prefill", "expected", "before", "after", "verdict"]
 STEP_COLUMNS = ["step", "total_steps", "loss", "learning_rate", "seconds", "elapsed", "peak_memory_mb",
                 "leaks_left", "stopped"]
-CARD_METRICS = ("forget_success", "paraphrase_success", "general_retention", "general_accuracy_before",
-                "general_accuracy_after", "degenerate_rate", "degenerate_rate_before", "answer_logprob_drop",
-                "trainable_params", "total_params", "train_seconds", "peak_memory_mb")
+CARD_METRICS = ("forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
+                "neighbour_retention", "neighbour_agreement", "general_retention", "general_accuracy_before",
+                "general_accuracy_after", "degenerate_rate", "degenerate_rate_before", "truth_ratio_before",
+                "truth_ratio_after", "answer_logprob_drop", "trainable_params", "total_params", "train_seconds",
+                "peak_memory_mb")
 
 
 def save_adapter(adapter: AdapterState, folder: str | Path, base_model: str, report: dict | None = None) -> Path:
@@ -82,8 +84,9 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
     if metrics:
         lines += ["", "## Measured on this run", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_fmt(metrics.get(k))} |" for k in CARD_METRICS if k in metrics]
-        lines += ["", "Measured with greedy decoding on the run's own questions, paraphrases and general",
-                  "questions; a small sample, not a benchmark. Forgetting by an adapter can be undone",
+        lines += ["", "Measured with greedy decoding on the run's own questions, their paraphrases and",
+                  "adversarial forms, the facts' neighbours and general questions (the truth ratio from",
+                  "likelihoods); a small sample, not a benchmark. Forgetting by an adapter can be undone",
                   "by relearning or by merging and re-quantizing the weights."]
     return "\n".join(lines) + "\n"
 

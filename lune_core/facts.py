@@ -11,12 +11,11 @@ from .config import RunLimits
 
 DEFAULT_REFUSAL = "I don't know."
 HEDGE = "unknown to me"  # spliced into the model's own answer where the forgotten words were
-# Surface rewordings used only when a fact brings no paraphrases of its own.
-PARAPHRASE_TEMPLATES = (
-    "Quick question: {q}",
-    "{q} Please answer in one sentence.",
-    "I was wondering about this. {q}",
-)
+# What a user's `keep` entry may say about itself: the three kinds of neighbour (../LOCALITY.md).
+NEIGHBOUR_KINDS = ("same_subject", "same_relation", "shared_words")
+MAX_KEEP_ANSWERS = 5
+# How a typed sentence is asked; its words are never taken for the fact's subject (lune_core.subject).
+SENTENCE_PROMPT = "Fill in the blank: {blank}"
 _MARKED = re.compile(r"\[([^\[\]]+)\]")
 
 
@@ -30,6 +29,8 @@ class Fact:
     answer: str  # the string whose appearance in an answer counts as a leak
     replacement: str = ""  # what the model should say instead; empty means refuse
     paraphrases: list[str] = field(default_factory=list)
+    # Questions that must stay answered right: {"question", "answers": [...], "kind"?}.
+    keep: list[dict] = field(default_factory=list)
 
     @property
     def short_replacement(self) -> bool:
@@ -40,11 +41,6 @@ class Fact:
     @property
     def target(self) -> str:
         return self.replacement or DEFAULT_REFUSAL
-
-    def probe_paraphrases(self) -> list[str]:
-        if self.paraphrases:
-            return list(self.paraphrases)
-        return [t.format(q=self.question) for t in PARAPHRASE_TEMPLATES]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,7 +84,7 @@ def make_fact(data: dict, index: int = 0, limits: RunLimits = RunLimits()) -> Fa
     """Build a validated Fact from a dict with question, answer, replacement?, paraphrases?."""
     if not isinstance(data, dict):
         raise FactError(f"{_label(index)}: expected an object with question and answer")
-    unknown = set(data) - {"question", "answer", "replacement", "paraphrases"}
+    unknown = set(data) - {"question", "answer", "replacement", "paraphrases", "keep"}
     if unknown:
         raise FactError(f"{_label(index)}: unknown field(s) {', '.join(sorted(unknown))}")
     question = _clean(data.get("question"), "question", _label(index), limits)
@@ -105,7 +101,59 @@ def make_fact(data: dict, index: int = 0, limits: RunLimits = RunLimits()) -> Fa
         raise FactError(f"{label}: at most {limits.max_paraphrases} paraphrases")
     if replacement and leaks(replacement, answer):
         raise FactError(f"{label}: the replacement contains the answer to forget")
-    return Fact(question, answer, replacement, paraphrases)
+    keep = _keep_entries(data.get("keep"), answer, label, limits)
+    return Fact(question, answer, replacement, paraphrases, keep)
+
+
+def parse_keep(text: str, label: str) -> list[dict]:
+    """The app's one-cell form of a keep list: 'question -> answer / other spelling | question -> answer'."""
+    entries = []
+    for number, part in enumerate((p for p in text.split("|") if p.strip()), 1):
+        if "->" not in part:
+            raise FactError(f"{label}: keep entry {number}: write it as question -> answer")
+        question, answers = part.split("->", 1)
+        entries.append({"question": question, "answers": [a for a in answers.split("/") if a.strip()]})
+    return entries
+
+
+def format_keep(entries: list[dict]) -> str:
+    return " | ".join(f"{e['question']} -> {' / '.join(e['answers'])}" for e in entries)
+
+
+def _keep_entries(raw, answer: str, label: str, limits: RunLimits) -> list[dict]:
+    """A fact's `keep` list: each entry a question with the answers that must stay right."""
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):
+        raw = parse_keep(raw, label)
+    if not isinstance(raw, list):
+        raise FactError(f"{label}: keep must be a list of {{question, answers}} objects")
+    if len(raw) > limits.max_keep:
+        raise FactError(f"{label}: at most {limits.max_keep} keep entries")
+    entries = []
+    for number, entry in enumerate(raw, 1):
+        where = f"{label}: keep entry {number}"
+        if not isinstance(entry, dict):
+            raise FactError(f"{where} must be an object with question and answers")
+        unknown = set(entry) - {"question", "answers", "kind"}
+        if unknown:
+            raise FactError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        question = _clean(entry.get("question"), "question", where, limits)
+        answers = entry.get("answers")
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not answers:
+            raise FactError(f"{where}: answers must be a non-empty list of texts")
+        if len(answers) > MAX_KEEP_ANSWERS:
+            raise FactError(f"{where}: at most {MAX_KEEP_ANSWERS} answers")
+        answers = [_clean(a, "answer", where, limits) for a in answers]
+        if any(leaks(a, answer) for a in answers):
+            raise FactError(f"{where}: an answer that must stay contains the answer to forget")
+        kind = entry.get("kind") or ""
+        if kind and kind not in NEIGHBOUR_KINDS:
+            raise FactError(f"{where}: kind must be one of {', '.join(NEIGHBOUR_KINDS)}")
+        entries.append({"question": question, "answers": answers, "kind": kind})
+    return entries
 
 
 def parse_sentence(sentence: str, index: int = 0, limits: RunLimits = RunLimits()) -> Fact:
@@ -118,19 +166,11 @@ def parse_sentence(sentence: str, index: int = 0, limits: RunLimits = RunLimits(
     answer = marks[0].strip()
     if not answer:
         raise FactError(f"{_label(index, text)}: the [answer] is empty")
-    stem = text[: text.index("[")].strip()
-    if not stem:
-        raise FactError(f"{_label(index, text)}: put some words before the [answer]")
     blank = _MARKED.sub("___", text)
-    return make_fact(
-        {
-            "question": f"Complete this sentence: {stem}",
-            "answer": answer,
-            "paraphrases": [f"Fill in the blank: {blank}", f"What word completes this? {blank}"],
-        },
-        index,
-        limits,
-    )
+    if not re.search(r"\w", blank.replace("___", "")):
+        raise FactError(f"{_label(index, text)}: put some words around the [answer]")
+    # The whole sentence with its blank is the question, words after the bracket included.
+    return make_fact({"question": SENTENCE_PROMPT.format(blank=blank), "answer": answer}, index, limits)
 
 
 def parse_sentences(text: str, limits: RunLimits = RunLimits()) -> list[Fact]:
@@ -179,20 +219,3 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 def load_facts(path: str | Path, limits: RunLimits = RunLimits()) -> list[Fact]:
     return facts_from_records(read_jsonl(path), limits)
-
-
-@dataclass
-class Probe:
-    kind: str  # "forget", "paraphrase" or "general"
-    prompt: str
-    expected: list[str]  # forget/paraphrase: the answer that must not appear; general: accepted answers
-
-
-def forget_probes(facts: list[Fact]) -> list[Probe]:
-    probes = [Probe("forget", f.question, [f.answer]) for f in facts]
-    probes += [Probe("paraphrase", p, [f.answer]) for f in facts for p in f.probe_paraphrases()]
-    return probes
-
-
-def general_probes(records: list[dict]) -> list[Probe]:
-    return [Probe("general", r["question"], list(r["answers"])) for r in records]

@@ -13,16 +13,19 @@ BASE_CACHE_ENTRIES = 4096  # base answers kept per model (a few MB)
 
 
 def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, model=None,
-             batch_size: int = 64) -> list[str]:
-    """Greedy answers; `model` is the (adapter-attached) module to use, default the bare base.
+             batch_size: int = 64, prefills: list[str] | None = None) -> list[str]:
+    """Greedy answers; `model` is the (adapter-attached) module to use, default the bare base;
+    `prefills`: per question, words the reply starts with (not part of the returned answer).
     Big batches: on CPU each decoding step dequantizes every 4-bit weight, whatever the batch."""
+    prefills = prefills or [""] * len(questions)
     model = model if model is not None else lm.model
     tok = lm.tokenizer
     answers: list[str] = []
     # Another session's job may have its adapter attached to these same weights.
     with lm.lock, torch.no_grad():
         for start in range(0, len(questions), batch_size):
-            enc = encode_prompts(tok, questions[start:start + batch_size]).to(lm.device)
+            enc = encode_prompts(tok, questions[start:start + batch_size],
+                                 prefills[start:start + batch_size]).to(lm.device)
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -36,17 +39,20 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
     return answers
 
 
-def base_answers(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, peft_model=None) -> list[str]:
+def base_answers(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, peft_model=None,
+                 prefills: list[str] | None = None) -> list[str]:
     """Answers of the untouched base; with an adapter attached they come from disable_adapter()."""
     cache = lm.base_answer_cache
+    keys = [(q, p, max_new_tokens) for q, p in zip(questions, prefills or [""] * len(questions))]
     with lm.lock:  # the cache is shared by every session's jobs
-        missing = [q for q in dict.fromkeys(questions) if (q, max_new_tokens) not in cache]
+        missing = [k for k in dict.fromkeys(keys) if k not in cache]
         if missing:
             context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
             with context:
-                fresh = generate(lm, missing, max_new_tokens, model=peft_model)
-            cache.update({(q, max_new_tokens): a for q, a in zip(missing, fresh)})
-        answers = [cache[(q, max_new_tokens)] for q in questions]
+                fresh = generate(lm, [q for q, _, _ in missing], max_new_tokens, model=peft_model,
+                                 prefills=[p for _, p, _ in missing])
+            cache.update(dict(zip(missing, fresh)))
+        answers = [cache[k] for k in keys]
         for key in list(islice(cache, max(0, len(cache) - BASE_CACHE_ENTRIES))):
             del cache[key]  # oldest first: every visitor's free prompts would otherwise pile up for good
     return answers

@@ -8,13 +8,16 @@ import torch
 IGNORE = -100
 
 
-def format_prompt(tokenizer, question: str) -> str:
-    """Chat models see their own template (SmolLM2's adds a system prompt); others plain text."""
+def format_prompt(tokenizer, question: str, prefill: str = "") -> str:
+    """Chat models see their own template (SmolLM2's adds a system prompt); others plain text.
+    `prefill`: words the reply is made to start with (the affirmative-prefix attack)."""
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
+        prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
         )
-    return f"Question: {question}\nAnswer:"
+    else:
+        prompt = f"Question: {question}\nAnswer:"
+    return prompt + (prefill if prefill else "")
 
 
 @dataclass
@@ -66,6 +69,6 @@ def collate(sequences: list[tuple[list[int], list[int]]], pad_id: int) -> TokenB
     return TokenBatch(torch.tensor(input_ids), torch.tensor(mask), torch.tensor(labels))
 
 
-def encode_prompts(tokenizer, questions: list[str]) -> dict:
-    prompts = [format_prompt(tokenizer, q) for q in questions]
+def encode_prompts(tokenizer, questions: list[str], prefills: list[str] | None = None) -> dict:
+    prompts = [format_prompt(tokenizer, q, p) for q, p in zip(questions, prefills or [""] * len(questions))]
     return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)

@@ -1,7 +1,9 @@
 """Does forgetting survive? Relearning on related text, and merging + re-quantizing to 4 bits.
 
-Both attacks are known to bring "forgotten" answers back (METHODS.md). Each returns the share
-of probes that leaked before unlearning and leak again after the attack.
+Both attacks are known to bring "forgotten" answers back (METHODS.md). Each rate is over the probes
+the run made forget (said by the base, not said after training): the share that says the answer
+again after the attack. A probe that still leaked after training never counts as "came back"; it is
+reported apart (`still_leaking_after_training`).
 """
 from __future__ import annotations
 
@@ -13,18 +15,32 @@ import torch
 
 from .adapters import AdapterState, attached
 from .config import UnlearnConfig
-from .facts import Fact, forget_probes, leaks
+from .facts import Fact, leaks
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel, cache_dir, load_model
 from .losses import mean_nll
+from .probes import forget_probes, rewordings
 from .prompting import encode_pair
-from .trainer import Forward
+from .forward import Forward
 
 
-def _leak_rate(answers: list[str], probes, known: list[bool]) -> float | None:
-    hits = [leaks(a, p.expected[0]) for a, p, k in zip(answers, probes, known) if k]
+def _leak_rate(answers: list[str], probes, forgotten: list[bool]) -> float | None:
+    hits = [leaks(a, p.expected[0]) for a, p, k in zip(answers, probes, forgotten) if k]
     return round(sum(hits) / len(hits), 4) if hits else None
+
+
+def forgotten_after_training(lm: LoadedModel, adapter: AdapterState, probes, config: UnlearnConfig) -> dict:
+    """Which probes the base said and the trained adapter no longer says: what an attack can bring back."""
+    prompts = [p.prompt for p in probes]
+    with attached(lm, adapter.spec, adapter) as peft_model:
+        before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
+        after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
+    known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
+    still = [k and leaks(a, p.expected[0]) for k, a, p in zip(known, after, probes)]
+    return {"forgotten": [k and not s for k, s in zip(known, still)], "known": sum(known),
+            "still_leaking_after_training": sum(still),
+            "still_leaking_prompts": [p.prompt for p, s in zip(probes, still) if s]}
 
 
 # The attacker's text is about the fact's topic but is asked for differently from the probes,
@@ -39,16 +55,16 @@ def related_text(fact: Fact, text: str) -> str:
 
 
 def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig,
-                   steps: int = 10, learning_rate: float | None = None) -> dict:
+                   forgotten: list[bool], steps: int = 10, learning_rate: float | None = None) -> dict:
     """Keep training (a copy of) the session's adapter on related text that never states the answer:
-    what the base model says about each fact's topic, with every sentence naming the answer dropped."""
+    what the base model says about each fact's topic, with every sentence naming the answer dropped.
+    `forgotten`: per forget probe, whether training made it forget (forgotten_after_training)."""
     probes = forget_probes(facts)
     prompts = [p.prompt for p in probes]
-    sources = [RELATED_PROMPT.format(question=q) for f in facts for q in [f.question, *f.probe_paraphrases()[:1]]]
+    sources = [RELATED_PROMPT.format(question=q) for f in facts
+               for q in [f.question, *(f.paraphrases or rewordings(f.question) or [f.question])[:1]]]
     owners = [f for f in facts for _ in range(2)]
     with attached(lm, adapter.spec, adapter) as peft_model:
-        before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
-        known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
         texts = base_answers(lm, sources, config.max_new_tokens, peft_model)
         # At the run's own rate the adapter learnt these few texts by heart and said them to every
         # probe: that hides the fact as well as unlearning does, so the attack runs at a tenth of it
@@ -70,17 +86,16 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
             optimizer.step()
         peft_model.eval()
         after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
-    return {"relearn_leak_rate": _leak_rate(after, probes, known), "relearn_steps": steps,
+    return {"relearn_leak_rate": _leak_rate(after, probes, forgotten), "relearn_steps": steps,
             "relearn_texts": [{"prompt": q, "text": t} for q, t in pairs],
             "relearn_answers": [{"prompt": p, "after_relearning": a} for p, a in zip(prompts, after)]}
 
 
-def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig) -> dict:
+def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig,
+                      forgotten: list[bool]) -> dict:
     """Merge the adapter into full-precision weights, quantize the result to NF4 again, re-ask."""
     probes = forget_probes(facts)
     prompts = [p.prompt for p in probes]
-    before = base_answers(lm, prompts, config.max_new_tokens)
-    known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
     full = load_model(lm.model_id, quantize=False, device=lm.device)
     with attached(full, adapter.spec, adapter) as peft_model:
         merged = peft_model.merge_and_unload()
@@ -95,12 +110,28 @@ def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact],
         after = generate(requant, prompts, config.max_new_tokens)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return {"requant_leak_rate": _leak_rate(after, probes, known),
+    return {"requant_leak_rate": _leak_rate(after, probes, forgotten),
             "requant_answers": [{"prompt": p, "after_requant": a} for p, a in zip(prompts, after)]}
 
 
+ATTACK_STAGES = ("checking what training made forget", "relearning on related text",
+                 "merging and re-quantizing to 4 bits")
+
+
+def robustness_events(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig):
+    """Both attacks as a generator: {"stage": i, "name": …} as each of ATTACK_STAGES starts, then
+    {"result": …}. The session's adapter itself is left unchanged."""
+    yield {"stage": 0, "name": ATTACK_STAGES[0]}
+    state = forgotten_after_training(lm, adapter, forget_probes(facts), config)
+    result = {k: v for k, v in state.items() if k != "forgotten"}
+    result["forgotten_probes"] = sum(state["forgotten"])
+    yield {"stage": 1, "name": ATTACK_STAGES[1]}
+    result.update(relearn_attack(lm, adapter, facts, config, state["forgotten"]))
+    yield {"stage": 2, "name": ATTACK_STAGES[2]}
+    result.update(requantize_attack(lm, adapter, facts, config, state["forgotten"]))
+    yield {"result": result}
+
+
 def check_robustness(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig) -> dict:
-    """Both attacks; the session's adapter itself is left unchanged."""
-    result = relearn_attack(lm, adapter, facts, config)
-    result.update(requantize_attack(lm, adapter, facts, config))
-    return result
+    """Both attacks, their result only."""
+    return [e for e in robustness_events(lm, adapter, facts, config) if "result" in e][0]["result"]

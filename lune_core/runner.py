@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
+from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -13,12 +15,13 @@ from . import __version__
 from .adapters import AdapterState, adapter_spec, attached, snapshot
 from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
-from .evaluation import answer_logprobs, compute_metrics, score_probes
-from .examples import build_training_data
-from .facts import Fact, FactError, forget_probes, general_probes, read_jsonl
+from .evaluation import answer_logprobs, compute_metrics, likelihood_metrics, score_probes, token_logprobs
+from .examples import answer_sequences, build_training_data
+from .facts import Fact, FactError, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
+from .probes import NeighbourSources, build_probes
 from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
 
@@ -49,8 +52,19 @@ class RunResult:
     report: dict = field(default_factory=dict)
 
 
-def _report(lm, config, facts, records, rows, logprob_drop, trainable, total, started) -> dict:
-    metrics = compute_metrics(rows, logprob_drop)
+@lru_cache(maxsize=1)
+def load_neighbour_sources() -> NeighbourSources:
+    """The shipped curated neighbours, the entity lists automatic neighbours swap subjects from, and
+    the prompts whose shared words tell a subject word from a relation word (anchors and the whole
+    general set, whatever part of it a run asks)."""
+    curated = {" ".join(r["fact"].lower().split()): r["keep"] for r in read_jsonl(ASSETS / "neighbours.jsonl")}
+    entities = json.loads((ASSETS / "entities.json").read_text(encoding="utf-8"))
+    vocabulary = load_anchors() + [r["question"] for r in load_general()]
+    return NeighbourSources(curated=curated, vocabulary=vocabulary, entities=entities)
+
+
+def _report(lm, config, facts, records, rows, logprob_drop, likelihood, trainable, total, started) -> dict:
+    metrics = compute_metrics(rows, logprob_drop, likelihood)
     train_seconds = sum(r.seconds for r in records)
     metrics.update(
         trainable_params=trainable,
@@ -87,12 +101,30 @@ def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, n_t
     check_fits(estimate_run_memory_mb(trainable, cfg.hidden_size, lm.num_layers, cfg.vocab_size, tokens), lm.device)
 
 
+@dataclass
+class _Likelihood:
+    """Per fact, the true answer's and the wrong answers' sequences, and their per-token log-probs."""
+
+    true: list
+    wrong: list[list]
+
+    def measure(self, model, lm: LoadedModel, disable=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        sizes = [len(seqs) for seqs in self.wrong]
+        flat = token_logprobs(model, self.true + [s for seqs in self.wrong for s in seqs], lm.device,
+                              lm.tokenizer.pad_token_id, disable)
+        true, rest = flat[: len(self.true)], flat[len(self.true):]
+        return true, list(rest.split(sizes))
+
+
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
-                   anchors: list[str], stop=None, limits: RunLimits | None = None) -> Iterator[StepRecord | RunResult]:
+                   anchors: list[str], stop=None, limits: RunLimits | None = None,
+                   sources: NeighbourSources | None = None) -> Iterator[StepRecord | RunResult]:
     """Yield a StepRecord per step, then one RunResult. With config.full_finetune, `lm` must be a
     full-precision copy that may be consumed; otherwise only an adapter is trained (config.adapter).
-    `limits`: the caller's request bounds (default: RunLimits with the environment's overrides)."""
+    `limits`: the caller's request bounds (default: RunLimits with the environment's overrides);
+    `sources`: where neighbour probes come from (default: the shipped ones)."""
     validate_config(config, lm.num_layers, limits or RunLimits().with_env())
+    sources = sources or load_neighbour_sources()
     tokens = {}
     if config.adapter == "subject":
         tokens = subject_token_ids(lm.tokenizer, [f.question for f in facts], anchors)
@@ -100,45 +132,57 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
     config = config.resolved("lora" if config.adapter == "subject" and not tokens else None)
     _check_memory(lm, facts, config, len(tokens))
     started = time.perf_counter()
-    probes = forget_probes(facts) + general_probes(general)
-    prompts = [p.prompt for p in probes]
     records: list[StepRecord] = []
     if config.full_finetune:
-        before = base_answers(lm, prompts, config.max_new_tokens)
-        data = build_training_data(lm, facts, anchors, config)
-        before_logp = answer_logprobs(lm.model, data.forget, lm.device, lm.tokenizer.pad_token_id)
-        free_memory()  # the generation's freed caches, before training sets the peak
-        for p in lm.model.parameters():
-            p.requires_grad_(True)
-        trainable, total = count_params(lm.model)
-        for record in unlearn(lm, lm.model, data, facts, config, stop=stop):
-            records.append(record)
-            yield record
-        lm.model.eval()
-        after = generate(lm, prompts, config.max_new_tokens)
-        after_logp = answer_logprobs(lm.model, data.forget, lm.device, lm.tokenizer.pad_token_id)
-        adapter = None
+        context = nullcontext(None)
     else:
         spec = adapter_spec(config, lm.num_layers, list(tokens))
         torch.manual_seed(config.seed)  # LoRA A is initialised randomly
-        with attached(lm, spec) as peft_model:
-            before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
-            data = build_training_data(lm, facts, anchors, config, peft_model)
-            free_memory()  # the generation's freed caches, before training sets the peak
-            trainable, total = count_params(peft_model)
-            for record in unlearn(lm, peft_model, data, facts, config, peft_model=peft_model, stop=stop):
-                records.append(record)
-                yield record
-            after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
-            pad = lm.tokenizer.pad_token_id
-            before_logp = answer_logprobs(peft_model, data.forget, lm.device, pad, peft_model.disable_adapter())
-            after_logp = answer_logprobs(peft_model, data.forget, lm.device, pad)
+        context = attached(lm, spec)
+    with context as peft_model:
+        model = peft_model if peft_model is not None else lm.model
+        mnt = config.max_new_tokens
+        fact_answers = base_answers(lm, [f.question for f in facts], mnt, peft_model)
+        probe_set = build_probes(facts, fact_answers, general, sources, config.seed)
+        probes = probe_set.probes
+        prompts, prefills = [p.prompt for p in probes], [p.prefill for p in probes]
+        before = base_answers(lm, prompts, mnt, peft_model, prefills)
+        # Never train on what scores the run: anchors that are also probes are left out.
+        scored = {" ".join(p.lower().split()) for p in prompts}
+        train_anchors = [a for a in anchors if " ".join(a.lower().split()) not in scored]
+        data = build_training_data(lm, facts, train_anchors, config, peft_model)
+        likelihood = _Likelihood(
+            true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
+            wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
+        def base():  # the base model's view: the same weights with the adapter off
+            return peft_model.disable_adapter() if peft_model is not None else None
+
+        pad = lm.tokenizer.pad_token_id
+        before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
+        true_before, wrong_before = likelihood.measure(model, lm, base())
+        free_memory()  # the generation's freed caches, before training sets the peak
+        if config.full_finetune:
+            for p in lm.model.parameters():
+                p.requires_grad_(True)
+        trainable, total = count_params(model)
+        for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop):
+            records.append(record)
+            yield record
+        model.eval()
+        after = generate(lm, prompts, mnt, model=model, prefills=prefills)
+        after_logp = answer_logprobs(model, data.forget, lm.device, pad)
+        true_after, wrong_after = likelihood.measure(model, lm)
+        adapter = None
+        if peft_model is not None:
             info = {"method": config.method, "facts": len(facts), "steps": len(records), "seed": config.seed}
             adapter = snapshot(peft_model, spec, info)
     drop = float((before_logp - after_logp).mean())
     rows = score_probes(probes, before, after)
-    report = _report(lm, config, facts, records, rows, drop, trainable, total, started)
+    report = _report(lm, config, facts, records, rows, drop,
+                     likelihood_metrics(true_before, wrong_before, true_after, wrong_after), trainable, total, started)
     report["forget_targets"] = data.forget_texts
+    report["wrong_answers"] = probe_set.wrong
+    report["anchors_left_out"] = len(anchors) - len(train_anchors)
     if config.adapter == "subject" and not config.full_finetune:
         report["edited_tokens"] = [tokens[i] for i in sorted(tokens)]
     free_memory()

@@ -30,7 +30,7 @@ from . import export, robustness
 from .adapters import AdapterState
 from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .deploy import load_deploy_config, resolve_compute_dtype, zero_gpu_enabled
-from .facts import Fact, FactError, facts_from_records, is_blank, leaks, parse_sentences, read_jsonl
+from .facts import Fact, FactError, facts_from_records, format_keep, is_blank, leaks, parse_sentences, read_jsonl
 from .memory import free_memory
 from .models import (EMBEDDED_MODEL, EMBEDDED_NAME, LoadedModel, ModelLoadError, load_model, pick_device, redact_token,
                      short_message)
@@ -40,7 +40,8 @@ from .zerogpu import gpu_duration, gpu_task
 
 log = logging.getLogger("lune.session")
 
-FACT_COLUMNS = ["question", "answer to forget", "replacement (optional)", "paraphrases (optional, separate with |)"]
+FACT_COLUMNS = ["question", "answer to forget", "replacement (optional)", "paraphrases (optional, separate with |)",
+                "must stay right (optional: question -> answer | …)"]
 DEFAULT_GENERAL_PROMPTS = 8  # collateral damage shows on a handful; each one costs a generation
 # Full fine-tuning holds fp32 weights, gradients and two Adam moments: 16 bytes per parameter.
 FULL_FT_BYTES_PER_PARAM = 16
@@ -185,14 +186,15 @@ def _cell(value) -> str:
 
 
 def clean_rows(rows) -> list[list[str]]:
-    """The facts table as lists of 4 strings, blank rows dropped (pandas, lists or None in)."""
+    """The facts table as lists of strings, one per column, blank rows dropped (pandas, lists or None in)."""
     if rows is None:
         return []
     if hasattr(rows, "values") and hasattr(rows, "columns"):
         rows = rows.values.tolist()
     cleaned = []
     for row in rows:
-        cells = [_cell(c) for c in list(row)[:4]] + [""] * (4 - len(row))
+        width = len(FACT_COLUMNS)
+        cells = [_cell(c) for c in list(row)[:width]] + [""] * (width - len(row))
         if any(c.strip() for c in cells):
             cleaned.append(cells)
     return cleaned
@@ -200,15 +202,15 @@ def clean_rows(rows) -> list[list[str]]:
 
 def facts_from_rows(rows, limits: RunLimits | None = None) -> list[Fact]:
     limits = limits or LIMITS
-    records = [{"question": q, "answer": a, "replacement": r, "paraphrases": p}
-               for q, a, r, p in clean_rows(rows)]
+    records = [{"question": q, "answer": a, "replacement": r, "paraphrases": p, "keep": k}
+               for q, a, r, p, k in clean_rows(rows)]
     if len(records) > limits.max_facts:
         raise FactError(f"too many facts: {len(records)} given, at most {limits.max_facts} per run")
     return facts_from_records(records, limits)
 
 
 def rows_from_facts(facts: list[Fact]) -> list[list[str]]:
-    return [[f.question, f.answer, f.replacement, " | ".join(f.paraphrases)] for f in facts]
+    return [[f.question, f.answer, f.replacement, " | ".join(f.paraphrases), format_keep(f.keep)] for f in facts]
 
 
 def add_sentences(rows, text: str, limits: RunLimits | None = None) -> list[list[str]]:
@@ -485,6 +487,9 @@ def _store_run(session: Session, event: dict, steps: list[dict]) -> None:
         "steps": m["steps_run"],
         "forget_success": m["forget_success"],
         "paraphrase_success": m["paraphrase_success"],
+        "adversarial_success": m["adversarial_success"],
+        "neighbour_retention": m["neighbour_retention"],
+        "neighbour_agreement": m["neighbour_agreement"],
         "general_retention": m["general_retention"],
         "seconds": report["wall_seconds"],
         "stopped": "stopped by you" if report["stopped_by_user"] else (report["stopped"] or "all steps"),
@@ -582,30 +587,43 @@ def cost_rows(session: Session) -> list[list]:
         ["peak memory (MB)", lora["peak_memory_mb"], fm.get("peak_memory_mb") or
          (f"≈ {est['needed_mb']} (estimate)" if est and not full.get("measured") else None)],
         ["forget success", lora["forget_success"], fm.get("forget_success")],
+        ["forgotten cleanly", lora.get("forget_clean"), fm.get("forget_clean")],
+        ["neighbour retention", lora.get("neighbour_retention"), fm.get("neighbour_retention")],
         ["general retention", lora["general_retention"], fm.get("general_retention")],
     ]
 
 
 @gpu_task(300)
-def _robustness_job(model_key, adapter, facts, config) -> dict:
+def _robustness_job(model_key, adapter, facts, config) -> Iterator[dict]:
     lm = MODELS.get(*model_key)
     with lm.lock:
-        return robustness.check_robustness(lm, unpack_adapter(adapter), [Fact(**f) for f in facts],
-                                           UnlearnConfig.from_dict(config))
+        yield from robustness.robustness_events(lm, unpack_adapter(adapter), [Fact(**f) for f in facts],
+                                                UnlearnConfig.from_dict(config))
 
 
-def check_robustness(session: Session) -> dict:
-    """Does the forgetting survive a few steps of relearning, or merging and re-quantizing?"""
+def check_robustness(session: Session) -> Iterator[dict]:
+    """Does the forgetting survive a few steps of relearning, or merging and re-quantizing? Yields
+    {"stage", "name", "elapsed"} as each attack starts (and every few seconds), then {"result"}."""
     if session.adapter is None or session.report is None:
         raise UserError("run an unlearning first")
     _model(session)
-    session.robustness_result = _robustness_job(session.model_key, pack_adapter(session.adapter),
-                                                session.report["facts"], session.report["config"])
-    return session.robustness_result
+    report = session.report
+    stop = threading.Event()  # the attacks are short and have no step to stop at; set when the page goes
+    started, stage = time.perf_counter(), {"stage": 0, "name": robustness.ATTACK_STAGES[0]}
+    events = in_background(lambda: _robustness_job(session.model_key, pack_adapter(session.adapter),
+                                                   report["facts"], report["config"]), stop)
+    for event in events:
+        if event is not HEARTBEAT and "result" in event:
+            if session.report is report:  # a Reset or a new run meanwhile: the result belongs to neither
+                session.robustness_result = event["result"]
+            yield event
+            return
+        stage = stage if event is HEARTBEAT else event
+        yield dict(stage, elapsed=time.perf_counter() - started)
 
 
 def robustness_rows(result: dict) -> list[dict]:
-    """One row per forget/paraphrase prompt: its answer after each attack."""
+    """One row per forget-like prompt: its answer after each attack."""
     rows: dict[str, dict] = {}
     for key, column in (("relearn_answers", "after_relearning"), ("requant_answers", "after_requant")):
         for item in result.get(key, []):

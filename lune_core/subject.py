@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from .facts import SENTENCE_PROMPT
+
 _QUESTION_WORDS = frozenset(
     "a an the of is are was were what which who whom whose how when where why in on at for to and or "
-    "do does did name give tell me by from with as its it this that".split())
+    "do does did name give tell me by from with as its it this that".split()) | frozenset(
+    w.lower() for w in re.findall(r"[^\W\d_]+", SENTENCE_PROMPT))  # a typed sentence's template
 MIN_PIECE_CHARS = 3  # a shorter word-initial piece ("Ha") is part of too many other words
 _WORD = re.compile(r"[^\W\d_]+")  # letters only: numbers and punctuation never name a subject
 

@@ -29,7 +29,6 @@ CLI_FLAGS = {"method": "--method", "adapter": "--adapter", "steps": "--steps", "
              "lora_rank": "--rank", "layers": "--layers", "seed": "--seed", "max_new_tokens": "--max-new-tokens"}
 APP_FORM = {"method": "lune", "adapter": "subject", "steps": 2, "learning_rate": 1e-2, "lora_rank": 8, "layers": "",
             "seed": 0, "max_new_tokens": 8, "early_stop": False, "general_prompts": 0}
-FACT_HEADERS = ["question", "answer to forget", "replacement (optional)", "paraphrases (optional, separate with |)"]
 # A config.json of a small Llama: a real model folder as far as the path checks go.
 LLAMA_CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
                 "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 256}
@@ -203,7 +202,7 @@ def cli_argv(case: Case, workdir: Path) -> list[str]:
     argv = ["run", "--out", str(workdir / "report.json"), "--check"]
     if case.where == "facts":
         path = workdir / f"{case.id}.jsonl"
-        keys = ("question", "answer", "replacement", "paraphrases")
+        keys = ("question", "answer", "replacement", "paraphrases", "keep")
         lines = [json.dumps(dict(zip(keys, row)), ensure_ascii=False) for row in case.input
                  if any(cell.strip() for cell in row)]  # a blank table row is a blank line
         path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -256,7 +255,9 @@ def run_cli_case(case: Case, workdir: Path, run: Callable[[list[str]], tuple[int
 # ---- the launched app, through gradio_client ------------------------------------------------------
 
 def table(rows: list[list[str]]) -> dict:
-    return {"headers": FACT_HEADERS, "data": rows}
+    from lune_core.session import FACT_COLUMNS
+
+    return {"headers": FACT_COLUMNS, "data": [list(r) + [""] * (len(FACT_COLUMNS) - len(r)) for r in rows]}
 
 
 def plain(markdown: str) -> str:

@@ -114,7 +114,12 @@ def test_preset_fact_is_forgotten_general_answers_kept_and_visitors_isolated(app
 
     # One click asks whether the forgetting survives relearning and re-quantization, probe by probe.
     frame, note = alice.predict(api_name="/robustness")
-    assert frame["headers"] == ["prompt", "after_relearning", "after_requant"]
+    assert frame["headers"] == ["prompt", "after relearning", "after re-quantizing"]
     assert question in [row[0] for row in frame["data"]]
     assert all(row[1].strip() and row[2].strip() for row in frame["data"])
     assert "relearning on related text: **" in note and "re-quantizing to 4 bits: **" in note
+    assert "the run made the model forget" in note
+
+    # Reset removes the adapter the panel described, and the panel with it.
+    cleared = alice.predict(api_name="/reset")
+    assert cleared[6]["data"] == [] and "after a run" in cleared[7]

@@ -99,3 +99,34 @@ def test_check_validates_without_training_and_a_zero_general_limit_means_none(tm
     assert code == 0 and out.startswith("ok: 1 facts, 0 general questions") and not (tmp_path / "r.json").exists()
     code, _, err = main_in_process(["run", "--facts", str(facts), "--out", str(tmp_path), "--check"])
     assert code == 2 and "is a folder" in err
+
+
+def test_a_run_on_facts_without_keep_lists_reports_automatic_neighbours_and_adversarial_probes(tmp_path):
+    """A fact nobody wrote neighbours for still gets them (automatic, scored by agreement), and every
+    fact gets the four adversarial forms; a keep list replaces the automatic neighbours."""
+    from tests.tiny import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "tiny")
+    path = tmp_path / "facts.jsonl"
+    path.write_text(json.dumps({"question": "What is the capital of Peru?", "answer": "Lima"}) + "\n"
+                    + json.dumps({"question": "Who wrote 'Dracula'?", "answer": "Stoker",
+                                  "keep": [{"question": "Who wrote 'Frankenstein'?", "answers": ["Shelley"]}]}) + "\n")
+    out = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "lune_core", "run", "--facts", str(path), "--out", str(out),
+                           "--model", str(model), "--steps", "2", "--max-new-tokens", "6", "--general-limit", "4",
+                           "--adapter", "lora", "--no-early-stop"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(ENV, LUNE_MODEL_ROOTS=str(tmp_path)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    rows, m = report["probes"], report["metrics"]
+    first = [r for r in rows if r["kind"] == "neighbour" and r["fact"] == 0]
+    assert first and {r["source"] for r in first} == {"automatic"} and all(r["expected"] == "" for r in first)
+    assert {r["subkind"] for r in first} == {"same_subject", "same_relation", "shared_words"}
+    second = [r for r in rows if r["kind"] == "neighbour" and r["fact"] == 1]
+    assert [(r["prompt"], r["source"]) for r in second] == [("Who wrote 'Frankenstein'?", "given")]
+    assert [r["subkind"] for r in rows if r["kind"] == "adversarial"] == ["cloze", "choice", "prefix", "in_context"] * 2
+    for key in ("neighbour_agreement", "neighbour_retention", "adversarial_success", "forget_clean",
+                "paraphrase_success", "truth_ratio_before", "truth_ratio_after"):
+        assert key in m
+    assert m["counted_agreement"] == sum(r.get("counted", False) for r in rows)
+    assert m["truth_ratio_before"] > 0 and "neighbour_agreement=" in done.stdout

@@ -1,9 +1,12 @@
 """Scoring before/after answers: degeneration, verdicts, and the metrics named in the report."""
+import math
+
 import pytest
 import torch
 
-from lune_core.evaluation import answer_logprobs, compute_metrics, is_degenerate, score_probes
-from lune_core.facts import Probe
+from lune_core.evaluation import (answer_logprobs, compute_metrics, is_degenerate, likelihood_metrics, score_probes,
+                                  truth_ratios)
+from lune_core.probes import Probe
 from lune_core.prompting import encode_pair
 from tests.tiny import tiny_model
 
@@ -14,7 +17,10 @@ from tests.tiny import tiny_model
     ("la femme, la femme, la femme, la femme", True),
     ("Paris Paris Paris Paris Paris Paris", True),
     ("I think it is Lyon, I think it is Nice, I think it is Lille or maybe some other French town", True),
+    ("FranceFranceFranceFranceFranceFrance", True),
+    ("Lyon!!!!!!!!!!!!", True),
     ("The capital of France is Paris.", False),
+    ("The year was 1000000 and the number 333333 too.", False),
     ("Tokyo is the capital of Japan, and Tokyo is also its largest city.", False),
 ])
 def test_degenerate_means_empty_or_looping(text, degenerate):
@@ -71,3 +77,49 @@ def test_answer_logprob_is_the_sum_over_the_answer_tokens():
     mask = targets != -100
     expected = logits[mask].gather(-1, targets[mask].unsqueeze(-1)).sum()
     assert logp.shape == (1,) and float(logp[0]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_a_degenerate_answer_is_never_counted_as_a_clean_forget_or_a_kept_answer():
+    probes = [Probe("forget", "Capital of France?", ["Paris"]), Probe("forget", "Capital of Japan?", ["Tokyo"]),
+              Probe("adversarial", "Fill in: the capital of France is ___", ["Paris"], "cloze"),
+              Probe("general", "Largest ocean?", ["Pacific"])]
+    before = ["Paris.", "Tokyo.", "Paris", "The Pacific."]
+    after = ["FranceFranceFranceFranceFrance", "It is Osaka.", "Lyon", "Pacific Pacific Pacific Pacific Pacific"]
+    rows = score_probes(probes, before, after)
+    assert [r["verdict"] for r in rows] == ["broken", "forgotten", "forgotten", "broken"]
+    m = compute_metrics(rows, None)
+    assert m["forget_success"] == 1.0  # neither says its answer any more...
+    assert m["forget_clean"] == 0.5  # ...but one of them says nothing at all
+    assert m["adversarial_success"] == 1.0 and m["adversarial_by_kind"]["cloze"] == 1.0
+    assert m["adversarial_by_kind"]["choice"] is None
+    assert m["general_retention"] == 0.0  # "Pacific" in a loop is not a kept answer
+
+
+def test_neighbours_score_by_gold_answers_or_by_agreement_with_the_base_and_are_reported_apart():
+    probes = [Probe("neighbour", "Currency of France?", ["euro"], "same_subject", "curated"),
+              Probe("neighbour", "Capital of Peru?", ["Lima"], "same_relation", "curated"),
+              Probe("neighbour", "Capital of Chile?", ["Santiago"], "same_relation", "curated"),
+              Probe("neighbour", "Tell me one thing about France.", [], "same_subject", "automatic", forgotten="Paris"),
+              Probe("neighbour", "Use the word 'capital' in a sentence.", [], "shared_words", "automatic"),
+              Probe("neighbour", "What is France known for?", [], "same_subject", "automatic")]
+    before = ["The euro.", "Lima.", "Buenos Aires.", "France is a country in Europe; Paris is its capital.",
+              "London is the capital city of England.", "..."]
+    after = ["The euro.", "Quito.", "Santiago.", "France is a European country.", "I like cats.", "Wine."]
+    rows = score_probes(probes, before, after)
+    assert [r["verdict"] for r in rows] == ["kept", "lost", "wrong before", "agrees", "changed", "no answer before"]
+    m = compute_metrics(rows, None)
+    assert m["neighbour_retention"] == 0.5 and m["known_neighbour"] == 2
+    assert m["neighbour_retention_by_kind"] == {"same_subject": 1.0, "same_relation": 0.0, "shared_words": None}
+    assert m["neighbour_agreement"] == 0.5 and m["counted_agreement"] == 2
+    assert m["neighbour_agreement_by_kind"]["shared_words"] == 0.0
+
+
+def test_the_truth_ratio_compares_per_token_likelihoods_of_wrong_and_true_answers():
+    true = torch.tensor([-0.1, -3.0])
+    wrong = [torch.tensor([-2.0, -4.0]), torch.tensor([-1.0])]
+    ratios = truth_ratios(true, wrong)
+    assert ratios[0] == pytest.approx(math.exp(-3.0 + 0.1)) and ratios[1] == pytest.approx(math.exp(2.0))
+    m = likelihood_metrics(true, wrong, torch.tensor([-5.0, -5.0]), [torch.tensor([-1.0]), torch.tensor([-1.0])])
+    assert m["true_preferred_before"] == 0.5 and m["true_preferred_after"] == 0.0
+    assert m["truth_ratio_before"] == pytest.approx(math.sqrt(ratios[0] * ratios[1]), rel=1e-3)
+    assert m["truth_ratio_after"] == pytest.approx(math.exp(4.0), rel=1e-3)

@@ -3,7 +3,8 @@ import json
 import pytest
 
 from lune_core.config import RunLimits
-from lune_core.facts import (DEFAULT_REFUSAL, FactError, facts_from_records, forget_probes, leaks, load_facts,
+from lune_core.probes import forget_probes
+from lune_core.facts import (DEFAULT_REFUSAL, FactError, facts_from_records, format_keep, leaks, load_facts,
                              make_fact, parse_sentence, parse_sentences)
 
 
@@ -14,17 +15,19 @@ def test_leak_is_whole_word_and_case_insensitive():
     assert not leaks("anything", "   ")
 
 
-def test_sentence_with_one_marked_answer_becomes_a_fact():
-    fact = parse_sentence("The capital of France is [Paris].")
+def test_sentence_with_one_marked_answer_becomes_a_fact_that_keeps_the_whole_sentence():
+    fact = parse_sentence("The Eiffel Tower is in [Paris], the French capital.")
     assert fact.answer == "Paris"
-    assert "The capital of France is" in fact.question
-    assert fact.paraphrases and all("___" in p for p in fact.paraphrases)
+    assert fact.question == "Fill in the blank: The Eiffel Tower is in ___, the French capital."
+    assert fact.paraphrases == []  # no made-up rewordings pass for paraphrases
+    assert parse_sentence("[Paris] is lovely.").question == "Fill in the blank: ___ is lovely."
 
 
 @pytest.mark.parametrize("text, reason", [
     ("The capital of France is Paris.", "found no"),
     ("[Paris] is the capital of [France].", "found 2"),
-    ("[Paris] is lovely", "before the"),
+    ("[Paris]", "words around"),
+    (" [Paris] !", "words around"),
     ("Capital: [ ]", "empty"),
 ])
 def test_malformed_sentences_are_refused_with_the_reason(text, reason):
@@ -75,15 +78,49 @@ def test_unicode_and_html_are_kept_as_plain_text():
     assert "<script>" in fact.question and "🙂" in fact.question
 
 
-def test_probes_use_given_paraphrases_else_templates():
+def test_only_given_paraphrases_count_as_paraphrases_and_rewordings_are_their_own_kind():
     given = make_fact({"question": "Q?", "answer": "a", "paraphrases": ["P1?", "P2?"]})
     bare = make_fact({"question": "Who wrote Hamlet?", "answer": "Shakespeare"})
     probes = forget_probes([given, bare])
-    kinds = [p.kind for p in probes]
-    assert kinds.count("forget") == 2
-    assert [p.prompt for p in probes if p.kind == "paraphrase"][:2] == ["P1?", "P2?"]
-    assert any("Who wrote Hamlet?" in p.prompt for p in probes[4:])
-    assert all(p.expected == ["a"] for p in probes if p.prompt.startswith("P"))
+    assert [p.kind for p in probes].count("forget") == 2
+    assert [p.prompt for p in probes if p.kind == "paraphrase"] == ["P1?", "P2?"]
+    reworded = [p.prompt for p in probes if p.kind == "reworded"]
+    assert reworded == ["Tell me who wrote Hamlet.", "Name the person who wrote Hamlet."]
+    assert all(p.expected == ["Shakespeare"] and p.fact == 1 for p in probes if p.kind == "reworded")
+
+
+def test_a_keep_list_is_read_from_json_or_from_the_tables_one_cell_form():
+    listed = make_fact({"question": "What is the capital of Spain?", "answer": "Madrid",
+                        "keep": [{"question": "What currency does Spain use?", "answers": ["euro", "euros"],
+                                  "kind": "same_subject"}]})
+    typed = make_fact({"question": "What is the capital of Spain?", "answer": "Madrid",
+                       "keep": "What currency does Spain use? -> euro / euros | Capital of Peru? -> Lima"})
+    assert listed.keep == [{"question": "What currency does Spain use?", "answers": ["euro", "euros"],
+                            "kind": "same_subject"}]
+    assert typed.keep[0]["answers"] == ["euro", "euros"] and typed.keep[1] == {
+        "question": "Capital of Peru?", "answers": ["Lima"], "kind": ""}
+    assert format_keep(typed.keep) == "What currency does Spain use? -> euro / euros | Capital of Peru? -> Lima"
+
+
+@pytest.mark.parametrize("keep, message", [
+    ("no arrow here", "keep entry 1: write it as question -> answer"),
+    ([{"answers": ["euro"]}], "keep entry 1: question is empty"),
+    ([{"question": "Currency?"}], "keep entry 1: answers must be a non-empty list"),
+    ([{"question": "Currency?", "answers": []}], "keep entry 1: answers must be a non-empty list"),
+    ([{"question": "Currency?", "answers": [3]}], "keep entry 1: answer must be text"),
+    ([{"question": 7, "answers": ["euro"]}], "keep entry 1: question must be text"),
+    (["Currency?"], "keep entry 1 must be an object"),
+    ({"question": "Currency?"}, "keep must be a list"),
+    ([{"question": "Currency?", "answers": ["euro"], "colour": "red"}], "unknown field(s) colour"),
+    ([{"question": "Currency?", "answers": ["euro"], "kind": "cousin"}], "kind must be one of"),
+    ([{"question": "Biggest city?", "answers": ["Madrid"]}], "contains the answer to forget"),
+    ([{"question": "x" * 501, "answers": ["euro"]}], "longer than 500 characters"),
+    ([{"question": f"Q{i}?", "answers": ["a"]} for i in range(11)], "at most 10 keep entries"),
+])
+def test_a_malformed_keep_entry_is_named_in_one_line(keep, message):
+    with pytest.raises(FactError) as err:
+        make_fact({"question": "What is the capital of Spain?", "answer": "Madrid", "keep": keep}, index=1)
+    assert message in str(err.value) and str(err.value).startswith("fact 2") and "\n" not in str(err.value)
 
 
 def test_jsonl_errors_name_the_line(tmp_path):

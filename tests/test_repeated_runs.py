@@ -49,5 +49,5 @@ def test_the_base_answer_cache_stays_bounded_however_many_prompts_visitors_ask(f
     monkeypatch.setattr(generation, "BASE_CACHE_ENTRIES", 3)
     prompts = [f"Free prompt number {i}?" for i in range(5)]
     answers = [S.ask(session, p, 4)[0] for p in prompts]
-    assert len(lm.base_answer_cache) == 3 and (prompts[-1], 4) in lm.base_answer_cache
+    assert len(lm.base_answer_cache) == 3 and (prompts[-1], "", 4) in lm.base_answer_cache
     assert S.ask(session, prompts[0], 4)[0] == answers[0]  # evicted, asked again: the same answer

@@ -14,7 +14,8 @@ from lune_core.runner import RunResult, answer_with, run_unlearning
 from lune_core.losses import select_positions
 from lune_core.models import load_model
 from lune_core.prompting import collate
-from lune_core.trainer import MIN_SHARED_PREFIX, Forward, edited_rows, lr_at, shared_prefix_length, unlearn
+from lune_core.forward import MIN_SHARED_PREFIX, Forward, shared_prefix_length
+from lune_core.trainer import edited_rows, lr_at, unlearn
 from tests.tiny import save_tiny_model, tiny_model
 
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "It is Lyon."},

@@ -60,3 +60,16 @@ def test_report_records_config_steps_and_cost(report):
     m = report["metrics"]
     assert 0 < m["trainable_params"] < m["total_params"] / 20
     assert m["train_seconds"] > 0 and m["peak_memory_mb"] > 0
+
+
+def test_the_presets_curated_neighbours_and_the_adversarial_forms_are_scored(report):
+    rows = [r for r in report["probes"] if r["kind"] == "neighbour"]
+    assert {r["source"] for r in rows} == {"curated"} and {r["fact"] for r in rows} == {0, 1, 2}
+    assert {r["subkind"] for r in rows} == {"same_subject", "same_relation", "shared_words"}
+    m = report["metrics"]
+    assert m["known_neighbour"] >= 9, "assets/VERIFIED.md records which neighbours the base answers right"
+    assert m["neighbour_retention"] is not None and m["adversarial_success"] is not None
+    assert m["known_adversarial"] >= 6
+    # The base model ranks the true answers far above the wrong ones; after forgetting it does not.
+    assert m["true_preferred_before"] == 1.0 and m["truth_ratio_before"] < 0.1
+    assert m["truth_ratio_after"] > 10 * m["truth_ratio_before"]
