@@ -7,6 +7,7 @@ import functools
 import html
 import re
 import threading
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
@@ -31,7 +32,7 @@ VERDICTS = {  # word, symbol and colour: the colour is never the only signal
     "still leaks": ("✗ still leaks", "#fee2e2"), "lost": ("✗ lost", "#fee2e2"),
     "changed": ("✗ changed", "#fee2e2"), "broken": ("✗ broken", "#fde68a"),
     "not known before": ("– not known before", "#e5e7eb"), "wrong before": ("– wrong before", "#e5e7eb"),
-    "no answer before": ("– no answer before", "#e5e7eb"),
+    "no answer before": ("– no answer before", "#e5e7eb"), "looping before": ("– looping before", "#e5e7eb"),
 }
 CARDS = [  # metric key, title, how to read it, format, the metric's value before (if any)
     ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct", None),
@@ -173,7 +174,8 @@ def _what_was_trained(report: dict) -> str:
         words = list(dict.fromkeys(t.strip() for t in report["edited_tokens"]))
         return f"Trained the embeddings of {len(report['edited_tokens'])} tokens: {text(', '.join(words))}."
     layers = "the middle layers" if config.get("layers") is None else "layers " + ", ".join(map(str, config["layers"]))
-    return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}."
+    focused = " (A focused on the facts' inputs and frozen, B trained)" if config.get("focus_ridge") else ""
+    return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}{focused}."
 
 
 def kind_label(row: dict) -> str:
@@ -390,78 +392,7 @@ def on_unload(request: gr.Request):
 
 # ---- the page ---------------------------------------------------------------------------------
 
-GUIDE_TEXT = """
-### What is unlearning?
-A language model learns facts from its training text. *Unlearning* tries to make it stop saying
-chosen facts — a person's private details, an outdated figure — without training it again from
-scratch and without damaging everything else it knows.
-
-### What LUNE changes
-- **The backbone stays frozen**, here in 4-bit (NF4). Nothing in the original weights changes.
-- **Only a small adapter is trained.** By default it is the *subject's token embeddings*: the app
-  finds the words that name what each fact is about ("Japan", "copper", "Animal Farm": words of the
-  question that the neutral prompts do not use) and trains only their rows of the embedding table,
-  a few thousand numbers. Wherever those words appear, in any wording, the model now recalls
-  something else; questions about anything else pass through exactly as before. The alternative
-  (Advanced settings) is a LoRA adapter beside the middle layers: it forgets as well, but on this
-  small model it also changes answers about the fact's neighbours (other authors, other capitals).
-  Reset deletes the adapter; Export gives you just the adapter.
-- **Only negative examples**: the facts to forget, each with a replacement answer (or "I don't know").
-  The loss teaches the replacement and pushes the answer's hidden state in the middle layers away
-  from where the fact was, while a KL term keeps answers to neutral questions as they were.
-
-### Reading the plot and the table
-- The **plot** shows the total loss per step and each of its parts (for `lune`: `replace_nll` — how
-  unlikely the replacement still is; `suppress` — how far the hidden state still is from the
-  misdirected target; `retain_kl` — how much neutral answers have drifted). Falling lines mean the
-  adapter is learning; a rising `retain_kl` means collateral damage.
-- The **table** asks every question before (adapter off) and after (adapter on). *forget* rows are the
-  facts, *paraphrase* rows ask the same in other words, *general* rows are unrelated questions.
-  Verdicts: **✓ forgotten / ✓ kept** is what we want; **✗ still leaks** means the fact survived;
-  **✗ lost** means a general answer was damaged; **✗ broken** means gibberish; **– not known before**
-  means there was nothing to forget.
-
-### What can go wrong
-- **Collapse**: too many steps or too high a learning rate, and the model answers everything with the
-  replacement or with gibberish (watch *general retention* and *degenerate answers*). Gradient ascent
-  (`grad_ascent`) shows this quickly — try it.
-- **Leaks through paraphrases**: the exact question is forgotten, a reworded one is not. With the
-  subject adapter this happens when the rewording names the subject with another word ("the
-  Japanese capital" instead of "Japan").
-- **Relearning**: a few steps of training on related text can bring the fact back; forgetting by an
-  adapter hides knowledge, it does not erase it from the base weights.
-- **Small samples**: a handful of questions on a 135 M-parameter model is a demonstration, not a
-  benchmark.
-
-### About the paper
-LUNE is described in arXiv:2512.07375. The paper reports that it matches full fine-tuning and
-weight editing at about a tenth of the compute and memory. **Those figures are the paper's claims**,
-measured on its own models and data; this demo measures only what you see on this machine, and the
-Cost section shows this run's own numbers.
-
-### A 10-minute lesson plan
-1. **(1 min) The problem.** Ask the class: how would you make a model forget one fact without
-   retraining it? Point at the Facts section.
-2. **(2 min) What the model knows.** Pick the *Capital cities* preset (it takes two of its facts,
-   France and Japan, so the run stays short). The table below the facts shows the base model's
-   answers: it says Paris and Tokyo.
-3. **(3 min) Unlearn.** Click **Unlearn** with the defaults. While the plot moves, explain the loss
-   parts (above) and that only the adapter is trained: the status line names the words whose
-   embeddings it trained (Cost section: trainable vs total).
-4. **(2 min) Compare.** Read the table: forgotten facts, paraphrases, general questions kept or
-   lost. Ask a paraphrase of your own in *Try your own prompt* — does it still leak? Does the model
-   now answer "Lyon", the replacement?
-5. **(1 min) What can go wrong.** Reset, switch the method to `grad_ascent`, raise the steps, run
-   again and watch the general answers break. (Homework: `lune` with *LoRA on a band of layers* on
-   *Famous authors*, and read what happens to the other authors.)
-6. **(1 min) Wrap up.** Export the adapter: a few MB that change the model's behaviour, removable at
-   will. Remind the class that the paper's numbers are its claims and how you would test them.
-
-For a second round or homework: *Famous authors*, *Chemical symbols* (short answers such as "K" are
-hard to suppress without side effects) and *Outdated facts* (the replacement is the current answer,
-so unlearning becomes updating). *Fictional person* shows the other side: facts the model never
-knew cannot be forgotten, and the table says so.
-"""
+GUIDE_TEXT = (Path(__file__).parent / "assets" / "guide.md").read_text(encoding="utf-8")
 
 
 def build() -> gr.Blocks:
@@ -518,13 +449,14 @@ def build() -> gr.Blocks:
                 with gr.Accordion("Advanced settings", open=False):
                     steps = gr.Slider(1, LIMITS.max_steps, value=min(DEFAULTS.steps, LIMITS.max_steps), step=1,
                                       label="Steps (at most; stops early once no fact is said)")
-                    adapter = gr.Radio([("The subject's token embeddings", "subject"),
-                                        ("LoRA on a band of layers", "lora")], value=DEFAULTS.adapter,
+                    adapter = gr.Radio([("LoRA on the middle layers, focused (LUNE)", "lora"),
+                                        ("The subject's token embeddings (alternative)", "subject")],
+                                       value=DEFAULTS.adapter,
                                        label="What the adapter trains")
                     # A textbox, not gr.Number: "empty" must reach the engine as empty (a Number shows and
                     # sends 0); no widget bounds, so out-of-range values get the engine's message.
                     lr = gr.Textbox(label=f"Learning rate (at most {LIMITS.max_learning_rate:g})",
-                                    placeholder="empty = 0.01 for embeddings, 0.001 for LoRA")
+                                    placeholder="empty = 0.001 for LoRA, 0.01 for embeddings")
                     rank = gr.Slider(1, LIMITS.max_lora_rank, value=DEFAULTS.lora_rank, step=1,
                                      label="LoRA rank (LoRA only)")
                     layers = gr.Textbox(label="Layers with LoRA (LoRA only)",
@@ -548,8 +480,9 @@ def build() -> gr.Blocks:
         # 4. Compare
         gr.Markdown("## 4 · Compare before and after", elem_classes="step-title", elem_id="compare-title")
         cards = gr.HTML(cards_html(None), elem_id="metric-cards")
+        # Every row on the page, no inner scroll: a projector shows the whole comparison.
         compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare",
-                               label="Every question, before (adapter off) and after (adapter on)", max_height=560,
+                               label="Every question, before (adapter off) and after (adapter on)", max_height=20000,
                                column_widths=["9%", "21%", "10%", "24%", "24%", "12%"])
         with gr.Accordion("Runs in this page", open=False):
             runs = gr.Dataframe(runs_frame([]), interactive=False, label="Past runs (kept until you leave)")

@@ -106,7 +106,7 @@ def write(out: Path, meta: dict, rows: list[dict]) -> None:
              f"3 facts, {meta['steps']} steps without early stop, 16 general questions. `lune`: NF4 4-bit weights, "
              "bf16 compute, the default adapter (the subject's token embeddings); `lune_lora`: the same with LoRA on "
              "the middle layers (`+ckpt`: activation checkpointing on). `full_ft`: all weights "
-             f"in bf16, AdamW at {FULL_FT_LR}, `lune_replace` loss. Peak memory: CUDA allocator peak during training. "
+             f"in bf16, AdamW at {FULL_FT_LR}, `lune` loss. Peak memory: CUDA allocator peak during training. "
              "s/step after warm-up: steps 2 to the last (the first pays for CUDA's warm-up). Ratios: to `full_ft` "
              "of the same shape, steps after warm-up.", "",
              "| model shape | method | trainable params | s/step | s/step after warm-up | train s | peak MB "

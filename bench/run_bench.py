@@ -26,7 +26,7 @@ from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
-METHODS = ["lune", "lune_lora", "paper_recipe", "lune_replace", "lune_suppress", "grad_ascent", "npo", "simnpo",
+METHODS = ["lune", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress", "grad_ascent", "npo", "simnpo",
            "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
@@ -53,19 +53,21 @@ def fact_set(n: int, name: str = "heldout") -> list[dict]:
 # What a benchmark method sets in the engine's config beyond its loss name; the CLI arguments of a
 # run and the check that a saved run is the same (--resume) both come from here.
 VARIANTS = {
-    # LUNE's loss on LoRA adapters over the middle layers (the default until the subject-token
-    # adapter): what the choice of adapter alone changes
-    "lune_lora": {"method": "lune", "adapter": "lora"},
-    # full fine-tuning of all (full-precision) weights with LUNE's replacement loss. All weights at
-    # LoRA's 1e-3 turn the model into gibberish within 10 steps (seen here).
-    "full_ft": {"method": "lune_replace", "full_finetune": True, "learning_rate": FULL_FT_LR},
+    # LUNE's loss on the subject's token embeddings instead of LoRA (the default of sessions 6-8):
+    # what the choice of adapter alone changes
+    "lune_subject": {"method": "lune", "adapter": "subject"},
+    # full fine-tuning of all (full-precision) weights with LUNE's loss. All weights at LoRA's 1e-3
+    # turn the model into gibberish within 10 steps (seen here).
+    "full_ft": {"method": "lune", "full_finetune": True, "learning_rate": FULL_FT_LR},
     # The paper's recipe as a public reimplementation reads it: LoRA r16, alpha 16, dropout 0.05 on
     # every projection of every layer, AdamW 2e-4, NLL on the negative examples only (no retain term).
-    "paper_recipe": {"method": "lune_replace", "adapter": "lora", "lora_rank": 16, "lora_alpha": 16,
-                     "lora_dropout": 0.05, "layer_band": (0.0, 1.0), "learning_rate": 2e-4, "retain_weight": 0.0},
+    "paper_recipe": {"method": "lune", "adapter": "lora", "lora_rank": 16, "lora_alpha": 16,
+                     "lora_dropout": 0.05, "layer_band": (0.0, 1.0), "learning_rate": 2e-4, "retain_weight": 0.0,
+                     "focus_ridge": 0.0, "neighbour_anchors": 0},
 }
 # Settings that the CLI takes through `--set FIELD=VALUE` rather than a flag of their own.
-_SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "retain_weight", "lora_rank")
+_SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "retain_weight", "lora_rank", "focus_ridge",
+               "neighbour_anchors")
 
 
 def method_settings(method: str) -> dict:
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--first-seed-only", nargs="*", type=int, default=[], metavar="SIZE",
                         help="fact-set sizes run with the first seed only (the table gives each row's seeds)")
+    parser.add_argument("--first-seed-only-methods", nargs="*", default=[], metavar="METHOD",
+                        help="methods run with the first seed only (the table gives each row's seeds)")
     parser.add_argument("--sets", nargs="*", default=None, choices=list(FACT_SETS),
                         help="fact sets (default: heldout and dev; --quick: heldout)")
     parser.add_argument("--steps", type=int, default=30)
@@ -161,7 +165,8 @@ def main() -> None:
             facts = fact_set(n, name)
             for method in methods:
                 runs = []
-                for seed in seeds[:1] if n in args.first_seed_only else seeds:
+                one = n in args.first_seed_only or method in args.first_seed_only_methods
+                for seed in seeds[:1] if one else seeds:
                     out = work / f"{method}-{name}-{n}-{seed}.json"
                     kept = finished_run(out, method, facts, seed, steps, general_count) if args.resume else None
                     if kept:
@@ -190,6 +195,7 @@ def main() -> None:
     meta = environment(args.quick, seeds, sizes, steps, general_limit, time.time() - started)
     meta["sets"] = sets
     meta["first_seed_only"] = [n for n in sizes if n in args.first_seed_only]
+    meta["first_seed_only_methods"] = [m for m in methods if m in args.first_seed_only_methods]
     meta["reused_runs"] = reused
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
     write_docs(Path(args.docs), meta, results)
@@ -242,8 +248,10 @@ def _fmt(cell: dict, digits: int = 2) -> str:
 
 
 def _first_seed_only(meta: dict) -> str:
-    sizes = meta.get("first_seed_only")
-    return f" (the first only at {', '.join(map(str, sizes))} facts)" if sizes else ""
+    sizes, methods = meta.get("first_seed_only"), meta.get("first_seed_only_methods")
+    parts = ([f"at {', '.join(map(str, sizes))} facts"] if sizes else []) + (
+        [f"for {', '.join(methods)}"] if methods else [])
+    return f" (the first only {' and '.join(parts)})" if parts else ""
 
 
 def _reused(meta: dict) -> str:

@@ -7,9 +7,9 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Where the adapter acts. "subject": the embeddings of the tokens that name each fact's subject
-# (lune_core.subject); "lora": LoRA on the projections of a band of layers.
-ADAPTERS = ("subject", "lora")
+# Where the adapter acts. "lora": LoRA on the projections of a band of layers (LUNE's adapter, the
+# default); "subject": the embeddings of the tokens that name each fact's subject (lune_core.subject).
+ADAPTERS = ("lora", "subject")
 # Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
 # full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
 DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "full": 2e-5}
@@ -20,9 +20,10 @@ class UnlearnConfig:
     """Settings of one unlearning run. Defaults make a 1-3 fact run on SmolLM2-135M succeed untuned."""
 
     method: str = "lune"  # a key of lune_core.losses.METHODS
-    # The subject's token embeddings kept 1.00 of the general answers where LoRA on the layers kept
-    # 0.84 (held-out facts, README); a run where no question has a subject word falls back to "lora".
-    adapter: str = "subject"
+    # LoRA, focused (focus_ridge) and held on the facts' neighbours (neighbour_anchors): the variants
+    # tried and their figures are in docs/locality_trials.md. A "subject" run where no question has a
+    # subject word falls back to "lora".
+    adapter: str = "lora"
     steps: int = 30  # upper bound; the run stops earlier once the facts stop leaking
     learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATES for the adapter
     weight_decay: float = 0.01
@@ -37,13 +38,20 @@ class UnlearnConfig:
     layer_band: tuple[float, float] = (0.25, 0.75)
     layers: tuple[int, ...] | None = None  # explicit layer indices override layer_band
     suppress_layer: int | None = None  # None: the top layer of the LoRA band
-    suppress_weight: float = 0.5
+    suppress_weight: float = 0.5  # lune_misdirect and lune_suppress
     steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
     retain_weight: float = 5.0  # KL to the base model on anchor prompts: what keeps the edit local
     anchors_per_step: int = 8
     # Anchor prompts drawn from the shipped pool: 3/4 neighbours of the facts, the rest random.
     # 32 rather than 16 kept more general answers (0.80 vs 0.75 on the tuning facts).
     anchor_pool: int = 32
+    # Per fact, prompts near it (its subject asked otherwise, its question about other subjects, its
+    # relation words) that the KL holds to the base's answers ahead of the shipped anchors; 0: none.
+    neighbour_anchors: int = 8
+    # LoRA only: set and freeze A to the input directions the forget rows use and the KL prompts do
+    # not (lune_core.subspace), with this ridge (relative to the keep inputs' mean energy); 0: off.
+    # 0.1 kept the most general answers of the ridges tried (0.01 too tight a gate, 1 too loose).
+    focus_ridge: float = 0.1
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
     simnpo_delta: float = 0.0
@@ -153,6 +161,8 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(config.check_every >= 0, "check interval must not be negative")
     check(config.anchors_per_step >= 0, "anchors per step must not be negative")
     check(config.anchor_pool >= 0, "anchor pool must not be negative")
+    check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
+    check(config.focus_ridge >= 0, "focus ridge must not be negative")
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:

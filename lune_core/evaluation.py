@@ -54,6 +54,8 @@ def verdict(probe: Probe, before: str, after: str) -> str:
         return "broken" if broken else "forgotten"
     if not is_correct(before, probe.expected):
         return "wrong before"
+    if is_degenerate(before):  # right, but inside a loop: no clean answer to keep
+        return "looping before"
     if is_correct(after, probe.expected):
         return "broken" if broken else "kept"
     return "broken" if broken else "lost"
@@ -82,8 +84,8 @@ def _share(hits: list[bool]) -> float | None:
 
 def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: dict | None = None) -> dict:
     """Every figure is a share of the probes that could show it: a forget-like probe counts when the
-    base said the answer; a gold neighbour or general question when the base answered it right; an
-    automatic neighbour when the base answered at all."""
+    base said the answer; a gold neighbour or general question when the base answered it right
+    without looping; an automatic neighbour when the base answered at all."""
     def of(kind, subkind=None):
         return [r for r in rows if r["kind"] == kind and (subkind is None or r["subkind"] == subkind)]
 
@@ -91,8 +93,9 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
         return _share([not r["leaked_after"] and not (clean and r["degenerate_after"])
                        for r in group if r["leaked_before"]])
 
-    def kept(group):
-        return _share([r["correct_after"] and not r["degenerate_after"] for r in group if r["correct_before"]])
+    def kept(group):  # of the answers the base gave right and cleanly, those still right and clean
+        return _share([r["correct_after"] and not r["degenerate_after"] for r in group
+                       if r["correct_before"] and not r["degenerate_before"]])
 
     general = of("general")
     gold = [r for r in of("neighbour") if "correct_before" in r]
@@ -119,7 +122,7 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
         "known_forget": sum(r["leaked_before"] for r in of("forget")),
         "known_paraphrase": sum(r["leaked_before"] for r in of("paraphrase")),
         "known_adversarial": sum(r["leaked_before"] for r in of("adversarial")),
-        "known_neighbour": sum(r["correct_before"] for r in gold),
+        "known_neighbour": sum(r["correct_before"] and not r["degenerate_before"] for r in gold),
         "counted_agreement": len(auto),
     }
     metrics.update(likelihood or {})

@@ -5,7 +5,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .facts import HEDGE, Fact
+from .facts import HEDGE, Fact, leaks
 from .generation import base_answers
 from .models import LoadedModel
 from .prompting import encode_pair
@@ -21,6 +21,7 @@ class TrainingData:
     forget: list[tuple[list[int], list[int]]]  # question -> base answer, loss on the answer's tokens
     anchor: list[tuple[list[int], list[int]]]  # neutral prompt -> base answer
     forget_texts: list[str]  # the base answers used for `forget`, for the report
+    neighbours: int = 0  # how many of the first `anchor` rows are the facts' neighbours
 
 
 def _answer_span(text: str, answer: str) -> tuple[int, int] | None:
@@ -83,7 +84,11 @@ def pick_anchors(anchors: list[str], questions: list[str], size: int, seed: int)
     return near + random.Random(seed).sample(rest, size - len(near))
 
 
-def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None) -> TrainingData:
+def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
+                        neighbours: list[str] = ()) -> TrainingData:
+    """`neighbours`: prompts near the facts (probes.training_neighbours) that always join the KL pool,
+    ahead of the shipped anchors; any whose base answer states a forgotten answer is left out, since
+    holding it would hold the fact."""
     tok = lm.tokenizer
     answers = base_answers(lm, [f.question for f in facts], config.max_new_tokens, peft_model)
     forget, texts = [], []
@@ -95,7 +100,12 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     for fact, answer in zip(facts, answers):
         text, span = negative_target(fact, answer)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
-    pool = pick_anchors(anchors, [f.question for f in facts], config.anchor_pool, config.seed)
+    near = list(neighbours)[: config.neighbour_anchors * len(facts)]
+    rest = [a for a in anchors if a not in near]
+    pool = near + pick_anchors(rest, [f.question for f in facts], max(0, config.anchor_pool - len(near)), config.seed)
     pool_answers = base_answers(lm, pool, config.max_new_tokens, peft_model)
-    anchor = [encode_pair(tok, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False) for q, a in zip(pool, pool_answers) if a]
-    return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts)
+    usable = [(i, encode_pair(tok, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False)) for i, (q, a)
+              in enumerate(zip(pool, pool_answers)) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
+                                                                     for f in facts)]
+    return TrainingData(target=target, forget=forget, anchor=[row for _, row in usable], forget_texts=texts,
+                        neighbours=sum(i < len(near) for i, _ in usable))

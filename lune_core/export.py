@@ -77,6 +77,9 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         f"| steps run | {metrics.get('steps_run', info.get('steps', 'n/a'))} |",
         f"| seed | {config.get('seed', info.get('seed', 'n/a'))} |",
         *_adapter_rows(adapter.spec),
+        *([f"| how it trained | A set to the input directions the forgotten facts' prompts use and the prompts to "
+           f"keep do not (ridge {config['focus_ridge']}), frozen; only B trained |"]
+          if adapter.spec["kind"] == "lora" and config.get("focus_ridge") else []),
     ]
     if config:
         lines += ["", "## Settings", "", "| setting | value |", "| --- | --- |"]

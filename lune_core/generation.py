@@ -1,6 +1,7 @@
 """Batched greedy answers, with the base model's answers cached (they never change)."""
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from itertools import islice
 
@@ -39,12 +40,46 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
     return answers
 
 
+def _stored(lm: LoadedModel) -> dict:
+    """The answers kept on disk for this model (read once per process)."""
+    if lm.answer_store is None:
+        return {}
+    if not hasattr(lm, "_stored_answers"):
+        stored = {}
+        try:
+            for line in lm.answer_store.read_text(encoding="utf-8").splitlines():
+                try:
+                    q, p, n, a = json.loads(line)
+                    stored[(q, p, n)] = a
+                except (ValueError, TypeError):
+                    continue  # a line cut short by a crash: ask again
+        except OSError:
+            pass
+        lm._stored_answers = stored
+    return lm._stored_answers
+
+
+def _store(lm: LoadedModel, fresh: dict) -> None:
+    if lm.answer_store is None or not fresh:
+        return
+    try:
+        lm.answer_store.parent.mkdir(parents=True, exist_ok=True)
+        with open(lm.answer_store, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps([*k, a], ensure_ascii=False) + "\n" for k, a in fresh.items())
+        _stored(lm).update(fresh)
+    except OSError:
+        pass  # a read-only disk only costs the next process the same generation again
+
+
 def base_answers(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, peft_model=None,
                  prefills: list[str] | None = None) -> list[str]:
-    """Answers of the untouched base; with an adapter attached they come from disable_adapter()."""
+    """Answers of the untouched base; with an adapter attached they come from disable_adapter().
+    Kept in memory per process and, for a model with a stable identity, on disk across processes."""
     cache = lm.base_answer_cache
     keys = [(q, p, max_new_tokens) for q, p in zip(questions, prefills or [""] * len(questions))]
     with lm.lock:  # the cache is shared by every session's jobs
+        stored = _stored(lm)
+        cache.update({k: stored[k] for k in dict.fromkeys(keys) if k not in cache and k in stored})
         missing = [k for k in dict.fromkeys(keys) if k not in cache]
         if missing:
             context = peft_model.disable_adapter() if peft_model is not None else nullcontext()
@@ -52,6 +87,7 @@ def base_answers(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32
                 fresh = generate(lm, [q for q, _, _ in missing], max_new_tokens, model=peft_model,
                                  prefills=[p for _, p, _ in missing])
             cache.update(dict(zip(missing, fresh)))
+            _store(lm, dict(zip(missing, fresh)))
         answers = [cache[k] for k in keys]
         for key in list(islice(cache, max(0, len(cache) - BASE_CACHE_ENTRIES))):
             del cache[key]  # oldest first: every visitor's free prompts would otherwise pile up for good

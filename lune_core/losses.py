@@ -128,18 +128,18 @@ def _suppress(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tens
 # ---- methods --------------------------------------------------------------------------------
 
 def lune(inp: LossInputs, config: UnlearnConfig):
-    """L = NLL_θ(y_neg|x) + λ_s·misdirection(h_ℓ at answer tokens) + λ_r·KL(ref‖θ) on anchors."""
+    """L = NLL_θ(y_neg|x) + λ_r·KL(ref‖θ) on the facts' neighbours and the anchors."""
+    parts: dict = {}
+    parts["replace_nll"] = mean_nll(inp.target)
+    return parts["replace_nll"] + _retain(inp, config, parts), parts
+
+
+def lune_misdirect(inp: LossInputs, config: UnlearnConfig):
+    """L = NLL_θ(y_neg|x) + λ_s·misdirection(h_ℓ at answer tokens) + λ_r·KL(ref‖θ)."""
     parts: dict = {}
     parts["replace_nll"] = mean_nll(inp.target)
     loss = parts["replace_nll"] + _suppress(inp, config, parts) + _retain(inp, config, parts)
     return loss, parts
-
-
-def lune_replace(inp: LossInputs, config: UnlearnConfig):
-    """L = NLL_θ(y_neg|x) + λ_r·KL(ref‖θ) on anchors."""
-    parts: dict = {}
-    parts["replace_nll"] = mean_nll(inp.target)
-    return parts["replace_nll"] + _retain(inp, config, parts), parts
 
 
 def lune_suppress(inp: LossInputs, config: UnlearnConfig):
@@ -182,10 +182,11 @@ class Method:
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("lune", lune, frozenset({"target", "forget", "hidden", "anchor"}),
-           "LUNE: learn the replacement and misdirect the answer's hidden state, adapter only, KL-anchored"),
-    Method("lune_replace", lune_replace, frozenset({"target", "forget", "anchor"}),
-           "LUNE, replacement part only: learn the negative answer, KL-anchored"),
+    Method("lune", lune, frozenset({"target", "forget", "anchor"}),
+           "LUNE: learn the negative answer (replacement or hedge) in the adapter only, while a KL term holds "
+           "the facts' neighbours and neutral prompts to the base's own answers"),
+    Method("lune_misdirect", lune_misdirect, frozenset({"target", "forget", "hidden", "anchor"}),
+           "LUNE plus misdirection: also push the answer's hidden state toward a random direction (RMU-style)"),
     Method("lune_suppress", lune_suppress, frozenset({"forget", "hidden", "anchor"}),
            "LUNE, suppression part only: misdirect the answer's hidden state, KL-anchored"),
     Method("grad_ascent", grad_ascent, frozenset({"forget"}),

@@ -1,6 +1,7 @@
 """Loading a causal LM in 4-bit NF4 (or full precision) from the embedded GGUF, a local path or a hub id."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -42,6 +43,9 @@ class LoadedModel:
     load_seconds: float
     # Base answers never change for a given prompt and generation settings.
     base_answer_cache: dict = field(default_factory=dict)
+    # Where they are also kept across processes (a JSON Lines file), for models with a stable
+    # identity (the embedded model, a hub id); None for a local folder, whose weights may change.
+    answer_store: Path | None = None
     # One job on the shared weights at a time: adapters are attached in place.
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -256,6 +260,7 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     free_memory()  # quantizing keeps the full-precision weights' freed pages in the heap (~270 MB here)
+    stable = source == str(embedded_model_dir()) or not Path(source).exists()
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -265,7 +270,27 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
         quantization="nf4" if quantize else "none",
         compute_dtype=dtype if quantize else next(model.parameters()).dtype,
         load_seconds=time.perf_counter() - start,
+        answer_store=answer_store_path(display, "nf4" if quantize else "none", dtype, device) if stable else None,
     )
+
+
+def answer_store_path(name: str, quantization: str, dtype: torch.dtype, device: str) -> Path:
+    """One file per model, quantization, compute dtype, device and library versions: any of them can
+    change a greedy answer."""
+    import hashlib
+
+    import transformers
+
+    versions = f"{torch.__version__}|{transformers.__version__}|{_bnb_version()}"
+    key = hashlib.sha256(f"{name}|{quantization}|{dtype}|{device}|{versions}".encode()).hexdigest()[:16]
+    return cache_dir() / "answers" / f"{re.sub(r'[^A-Za-z0-9.-]+', '_', name)}-{key}.jsonl"
+
+
+def _bnb_version() -> str:
+    try:
+        return importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 def _keep_4bit_layers_differentiable(model: torch.nn.Module) -> None:

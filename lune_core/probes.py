@@ -196,6 +196,34 @@ def automatic_neighbours(fact: Fact, sources: NeighbourSources, seed: int, taken
     return out
 
 
+# How the method asks about a fact's neighbours when it trains (KL to the base's own answers): other
+# templates than the scoring probes' (automatic_neighbours), and the run drops any prompt that is
+# also scored, so what trains is never what measures.
+TRAINING_SUBJECT_TEMPLATES = ("What do you know about {span}?", "Describe {span} in one sentence.")
+TRAINING_WORD_TEMPLATE = "Write a short sentence with the word '{word}'."
+TRAINING_SUBSTITUTES = 4
+_TRAINING_SEED = 7919  # another draw of substitutes than the scoring probes'
+
+
+def training_neighbours(facts: list[Fact], sources: NeighbourSources, seed: int, scored: list[str]) -> list[str]:
+    """Prompts near each fact that the method keeps answering as the base does: its subject asked
+    about in general, its question about other subjects, its relation words used on their own.
+    None of them is one of the `scored` prompts, the probes that measure the run."""
+    taken = " ".join(_norm(f.question) for f in facts)
+    prompts: list[str] = []
+    for index, fact in enumerate(facts):
+        span = subject_span(fact.question, sources.vocabulary)
+        if span:
+            prompts += [t.format(span=span) for t in TRAINING_SUBJECT_TEMPLATES]
+            others = _substitutes(span, sources.entities, TRAINING_SUBSTITUTES, seed + index + _TRAINING_SEED, taken)
+            prompts += [fact.question.replace(span, other, 1) for other in others]
+        subject = set(content_words(span))
+        prompts += [TRAINING_WORD_TEMPLATE.format(word=w) for w in content_words(fact.question)
+                    if w not in subject and not w.isdigit() and not leaks(w, fact.answer)][:2]
+    measured = {_norm(p) for p in scored}
+    return [p for p in dict.fromkeys(prompts) if _norm(p) not in measured]
+
+
 def neighbour_probes(facts: list[Fact], sources: NeighbourSources, seed: int) -> list[Probe]:
     """Per fact its own keep list, else the curated one, else automatic neighbours; never one of
     the run's own fact questions."""

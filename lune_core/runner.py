@@ -21,7 +21,7 @@ from .facts import Fact, FactError, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
-from .probes import NeighbourSources, build_probes
+from .probes import NeighbourSources, build_probes, training_neighbours
 from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
 
@@ -41,7 +41,10 @@ def load_general(path: str | Path | None = None, limit: int | None = None) -> li
 
 
 def load_anchors(path: str | Path | None = None) -> list[str]:
-    return [r["question"] for r in read_jsonl(path or ASSETS / "anchor_prompts.jsonl")]
+    """Prompts the method holds to the base's own answers (never scored): the neutral anchors and the
+    general-knowledge retain set (assets/retain_prompts.jsonl, disjoint from every probe set)."""
+    paths = [path] if path else [ASSETS / "anchor_prompts.jsonl", ASSETS / "retain_prompts.jsonl"]
+    return [r["question"] for p in paths for r in read_jsonl(p)]
 
 
 @dataclass
@@ -150,7 +153,8 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         # Never train on what scores the run: anchors that are also probes are left out.
         scored = {" ".join(p.lower().split()) for p in prompts}
         train_anchors = [a for a in anchors if " ".join(a.lower().split()) not in scored]
-        data = build_training_data(lm, facts, train_anchors, config, peft_model)
+        near = training_neighbours(facts, sources, config.seed, prompts)
+        data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
         likelihood = _Likelihood(
             true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
             wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
@@ -164,10 +168,10 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         if config.full_finetune:
             for p in lm.model.parameters():
                 p.requires_grad_(True)
-        trainable, total = count_params(model)
         for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop):
             records.append(record)
             yield record
+        trainable, total = count_params(model)  # after training: a focused LoRA trains B only
         model.eval()
         after = generate(lm, prompts, mnt, model=model, prefills=prefills)
         after_logp = answer_logprobs(model, data.forget, lm.device, pad)

@@ -23,7 +23,7 @@ CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs.jsonl"
 GOOD_ROW = ["What is the capital of France?", "Paris", "Lyon", ""]
 FAST = {"steps": 2, "max_new_tokens": 4, "early_stop": False, "learning_rate": 1e-2}
 # Enough for a tiny random Llama to answer GOOD_ROW's question with its replacement.
-TRAIN = {"method": "lune_replace", "adapter": "lora", "steps": 12, "learning_rate": 1e-2, "layers": "0-3",
+TRAIN = {"method": "lune", "adapter": "lora", "steps": 24, "learning_rate": 1e-2, "layers": "0-3",
          "max_new_tokens": 8, "early_stop": False}
 CLI_FLAGS = {"method": "--method", "adapter": "--adapter", "steps": "--steps", "learning_rate": "--lr",
              "lora_rank": "--rank", "layers": "--layers", "seed": "--seed", "max_new_tokens": "--max-new-tokens"}

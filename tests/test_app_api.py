@@ -15,7 +15,7 @@ from lune_core.session import FACT_COLUMNS, preset_rows, presets  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TABLE = {"headers": FACT_COLUMNS, "data": []}
-DEFAULT_SETTINGS = {"method": "lune", "adapter": "subject", "steps": 30, "lr": None, "rank": 8, "layers": "",
+DEFAULT_SETTINGS = {"method": "lune", "adapter": "lora", "steps": 30, "lr": None, "rank": 8, "layers": "",
                     "seed": 0, "max_new_tokens": 32, "early_stop": True, "general_prompts": 4}
 
 

@@ -34,9 +34,12 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert lune["relearn_leak_rate"]["mean"] is not None and lune["requant_leak_rate"]["mean"] is not None
     assert ft["relearn_leak_rate"]["mean"] is None
     table = (docs / "benchmarks.md").read_text()
-    assert "| 1 | lune | 1 | 1.00 |" in table and "| 1 | full_ft |" in table
+    assert "| heldout | 1 | lune | 1 | 1.00 |" in table and "| heldout | 1 | full_ft |" in table
     assert "seeds [0, 1] (the first only at 1 facts)" in table
-    assert "not measured: this table has no 3-fact `lune` run" in table
+    assert "not measured: this table has no 3-fact `lune` run on the held-out facts" in table
+    for column in ("clean", "adversarial", "neighbour", "agreement", "truth ratio"):
+        assert f" {column} |" in table.splitlines()[next(i for i, l in enumerate(table.splitlines())
+                                                          if l.startswith("| set |"))]
     assert "plotly" in (docs / "forget_vs_retention.html").read_text()
 
     # --resume keeps the saved runs of the same settings, reruns nothing, and the table says so.
@@ -46,16 +49,16 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert [r["runs"] for r in again["results"]] == [rows["lune"]["runs"], rows["full_ft"]["runs"]]
     assert [r["method"] for r in again["meta"]["reused_runs"]] == ["lune", "full_ft"]
     assert "2 runs, made " in (docs / "benchmarks.md").read_text()
-    assert "--resume`: 1 facts seed 0 (lune, full_ft))" in (docs / "benchmarks.md").read_text()
+    assert "--resume`: heldout 1 facts seed 0 (lune, full_ft))" in (docs / "benchmarks.md").read_text()
     # A run with any other setting is not the same run.
     sys.path.insert(0, str(ROOT / "bench"))
     import run_bench
 
-    saved, facts = tmp_path / "out" / "lune-1-0.json", run_bench.fact_set(1)
+    saved, facts = tmp_path / "out" / "lune-heldout-1-0.json", run_bench.fact_set(1)
     assert run_bench.finished_run(saved, "lune", facts, 0, 10, 16) is not None
     assert run_bench.finished_run(saved, "lune", facts, 0, 5, 16) is None  # another steps budget
     assert run_bench.finished_run(saved, "lune", facts, 1, 10, 16) is None  # another seed
-    assert run_bench.finished_run(saved, "lune_lora", facts, 0, 10, 16) is None  # another adapter
+    assert run_bench.finished_run(saved, "lune_subject", facts, 0, 10, 16) is None  # another adapter
     assert run_bench.finished_run(saved, "lune", facts, 0, 10, 112) is None  # the whole general set
     assert run_bench.finished_run(saved, "lune", run_bench.fact_set(3), 0, 10, 16) is None  # other facts
-    assert run_bench.finished_run(tmp_path / "out" / "full_ft-1-0.json", "full_ft", facts, 0, 10, 16) is not None
+    assert run_bench.finished_run(tmp_path / "out" / "full_ft-heldout-1-0.json", "full_ft", facts, 0, 10, 16) is not None

@@ -83,9 +83,14 @@ def test_preset_unlearn_compare(page):
     playwright.expect(first_row).to_contain_text("forget")
     playwright.expect(first_row).to_contain_text("forgotten")
     playwright.expect(compare).to_contain_text("general")
+    # the preset's curated neighbours are rows of their own kind, with the sub-kind visible
+    playwright.expect(compare).to_contain_text("neighbour · same subject (curated)")
+    playwright.expect(compare).to_contain_text("adversarial · multiple choice")
     cards = page.locator("#metric-cards")
     playwright.expect(cards).to_contain_text("Forget success")
     assert re.search(r"Forget success\s*\d+ %", cards.inner_text())
+    # neighbours sit beside general retention, never hidden away
+    assert re.search(r"Neighbour retention\s*(\d+ %|–).*General retention\s*\d+ %", cards.inner_text(), re.S)
     # the base model's own rate sits next to the degenerate rate, so 5 % is read against it
     assert re.search(r"Degenerate answers\s*\d+ %.*before: \d+ %", cards.inner_text(), re.S)
     assert not page.get_by_text("Traceback").count()

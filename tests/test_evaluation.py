@@ -95,6 +95,14 @@ def test_a_degenerate_answer_is_never_counted_as_a_clean_forget_or_a_kept_answer
     assert m["general_retention"] == 0.0  # "Pacific" in a loop is not a kept answer
 
 
+def test_a_right_answer_the_base_gave_inside_a_loop_is_not_counted_either_way():
+    probes = [Probe("general", "What do bees collect?", ["nectar"]), Probe("general", "Largest ocean?", ["Pacific"])]
+    loop = "Bees collect nectar from flowers, which they collect from flowers, which they collect from flowers, which"
+    rows = score_probes(probes, [loop, "The Pacific."], [loop, "The Pacific."])
+    assert [r["verdict"] for r in rows] == ["looping before", "kept"]
+    assert compute_metrics(rows, None)["general_retention"] == 1.0
+
+
 def test_neighbours_score_by_gold_answers_or_by_agreement_with_the_base_and_are_reported_apart():
     probes = [Probe("neighbour", "Currency of France?", ["euro"], "same_subject", "curated"),
               Probe("neighbour", "Capital of Peru?", ["Lima"], "same_relation", "curated"),

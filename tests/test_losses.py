@@ -99,6 +99,9 @@ def test_lune_is_the_sum_of_its_parts():
     inputs = _inputs()
     config = UnlearnConfig(suppress_weight=0.5, retain_weight=2.0)
     loss, parts = METHODS["lune"].loss(inputs, config)
+    assert torch.allclose(loss, parts["replace_nll"] + 2.0 * parts["retain_kl"])
+    assert set(parts) == {"replace_nll", "retain_kl"}
+    loss, parts = METHODS["lune_misdirect"].loss(inputs, config)
     expected = parts["replace_nll"] + 0.5 * parts["suppress"] + 2.0 * parts["retain_kl"]
     assert torch.allclose(loss, expected)
     assert set(parts) == {"replace_nll", "suppress", "retain_kl"}

@@ -104,3 +104,21 @@ def test_the_shipped_curated_neighbours_cover_every_preset_fact_and_are_never_tr
                 assert question not in anchors and question not in general, entry["question"]
                 assert entry["kind"] in ("same_subject", "same_relation", "shared_words")
                 assert not any(leaks(a, answer) for a in entry["answers"] for answer in answers), entry
+
+
+def test_nothing_the_method_trains_on_is_a_probe_that_scores_it():
+    """The anchors and the retain set (held to the base's answers in training) share no prompt with
+    the general set or the curated neighbours, and training neighbours never equal a scoring probe."""
+    def norm(text):
+        return " ".join(text.lower().split()).rstrip("?.! ")
+
+    scored = {norm(r["question"]) for r in load_general()}
+    scored |= {norm(e["question"]) for keep in load_neighbour_sources().curated.values() for e in keep}
+    trained = [norm(a) for a in load_anchors()]
+    assert len(trained) >= 290 and not set(trained) & scored
+    facts = facts_from_records([{"question": "What is the capital of Chile?", "answer": "Santiago"}])
+    probes = [p.prompt for p in neighbour_probes(facts, sources(), seed=0)]
+    from lune_core.probes import training_neighbours
+
+    near = training_neighbours(facts, sources(), seed=0, scored=probes)
+    assert near and not {norm(p) for p in near} & {norm(p) for p in probes}

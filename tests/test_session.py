@@ -67,7 +67,7 @@ def test_bad_tables_give_messages_naming_the_problem():
 
 def test_sentences_are_appended_to_the_table_and_a_bad_one_changes_nothing():
     merged = S.add_sentences(ROWS[:1], "The largest planet is [Jupiter].")
-    assert merged[0] == ROWS[0] and merged[1][1] == "Jupiter"
+    assert merged[0] == ROWS[0] + [""] and merged[1][1] == "Jupiter"  # a fifth, empty keep cell
     with pytest.raises(FactError, match="brackets"):
         S.add_sentences(ROWS[:1], "No marker here.")
     with pytest.raises(S.UserError):

@@ -55,7 +55,7 @@ GENERAL = [{"question": "What is 2 plus 2?", "answers": ["4", "four"]}]
 def test_subject_adapter_changes_only_the_subject_tokens_rows():
     lm = tiny_model()
     facts = facts_from_records(FACTS)
-    events = list(run_unlearning(lm, facts, UnlearnConfig(steps=3, check_every=0, max_new_tokens=4), GENERAL,
+    events = list(run_unlearning(lm, facts, UnlearnConfig(adapter="subject", steps=3, check_every=0, max_new_tokens=4), GENERAL,
                                  ANCHORS))
     result = events[-1]
     assert result.report["config"]["adapter"] == "subject" and result.report["config"]["learning_rate"] == 1e-2
@@ -87,8 +87,8 @@ def test_questions_without_a_subject_word_fall_back_to_lora():
 
 
 def test_each_adapter_and_full_finetuning_has_its_own_default_learning_rate():
-    assert UnlearnConfig().resolved().learning_rate == 1e-2
-    assert UnlearnConfig(adapter="lora").resolved().learning_rate == 1e-3
+    assert UnlearnConfig().resolved().learning_rate == 1e-3  # LoRA, the default
+    assert UnlearnConfig(adapter="subject").resolved().learning_rate == 1e-2
     assert UnlearnConfig(full_finetune=True).resolved().learning_rate == 2e-5
     assert UnlearnConfig(learning_rate=3e-3).resolved("lora").learning_rate == 3e-3
 
@@ -104,7 +104,7 @@ def test_edited_rows_forward_gives_peft_outputs_and_gradients_without_copying_th
     batch = lm.tokenizer(["What is the capital of France? France is", "Bees make honey"], return_tensors="pt",
                          padding=True)
     edited = [lm.tokenizer(" France")["input_ids"][0], lm.tokenizer(" honey")["input_ids"][0]]
-    with attached(lm, adapter_spec(UnlearnConfig(), lm.num_layers, edited)) as peft_model:
+    with attached(lm, adapter_spec(UnlearnConfig(adapter="subject"), lm.num_layers, edited)) as peft_model:
         layers = [m for m in peft_model.modules() if isinstance(m, TrainableTokensLayer)]
         assert len(layers) == 2 and all("forward" in vars(m) for m in layers)  # input and tied output side
         delta = next(p for p in peft_model.parameters() if p.requires_grad)

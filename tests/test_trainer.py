@@ -47,15 +47,17 @@ def base_weights(lm):
 def test_loop_yields_one_record_per_step_with_each_loss_part(lm):
     records, result = run(lm, config())
     assert [r.step for r in records] == [1, 2, 3, 4]
-    assert all(set(r.parts) == {"replace_nll", "suppress", "retain_kl"} for r in records)
+    assert all(set(r.parts) == {"replace_nll", "retain_kl"} for r in records)
     assert all(r.seconds > 0 and r.peak_memory_mb > 0 for r in records)
     assert records[-1].learning_rate < records[0].learning_rate  # cosine decay
     assert isinstance(result, RunResult) and result.adapter.num_params > 0
-    assert result.report["metrics"]["trainable_params"] == result.adapter.num_params
+    # The focused LoRA sets A and trains B only; the adapter stores both.
+    b = sum(v.numel() for k, v in result.adapter.weights.items() if "lora_B" in k)
+    assert result.report["metrics"]["trainable_params"] == b < result.adapter.num_params
 
 
 def test_training_lowers_the_replacement_loss(lm):
-    records, _ = run(lm, config(steps=12, method="lune_replace"))
+    records, _ = run(lm, config(steps=12, method="lune"))
     assert records[-1].parts["replace_nll"] < records[0].parts["replace_nll"]
 
 
@@ -66,9 +68,10 @@ def test_lora_b_leaves_zero_so_the_adapter_changes_outputs(lm):
 
 
 def test_same_seed_gives_the_same_run_and_another_seed_does_not(lm):
-    a, _ = run(lm, config(seed=3))
-    b, _ = run(lm, config(seed=3))
-    c, _ = run(lm, config(seed=4))
+    # A focused LoRA computes A instead of drawing it; with the random initialisation the seed shows.
+    a, _ = run(lm, config(seed=3, focus_ridge=0.0))
+    b, _ = run(lm, config(seed=3, focus_ridge=0.0))
+    c, _ = run(lm, config(seed=4, focus_ridge=0.0))
     assert [r.loss for r in a] == [r.loss for r in b]
     assert [r.loss for r in a] != [r.loss for r in c]
 
@@ -130,7 +133,7 @@ def test_early_stop_checks_leaks_every_few_steps(lm):
 def test_full_finetune_trains_all_weights_of_its_own_copy():
     own = tiny_model(seed=1)
     before = base_weights(own)
-    records, result = run(own, config(full_finetune=True, method="lune_replace"))
+    records, result = run(own, config(full_finetune=True, method="lune"))
     assert result.adapter is None
     assert result.report["metrics"]["trainable_params"] == result.report["metrics"]["total_params"]
     assert any(not torch.equal(before[k], v) for k, v in own.model.state_dict().items())
@@ -175,7 +178,7 @@ def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forwa
 def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(lm):
     """The subject adapter's shortcut: the chat template's opening, run once and cached, must change
     nothing a loss sees; and an edited token in the opening ends the shared part before it."""
-    cfg = config()
+    cfg = config(adapter="subject")
     facts = facts_from_records(FACTS)
     edited = frozenset([lm.tokenizer(" France")["input_ids"][0]])
     with attached(lm, adapter_spec(cfg, lm.num_layers, sorted(edited))) as peft_model:

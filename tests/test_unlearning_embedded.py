@@ -42,16 +42,15 @@ def lost(report):
 
 
 def test_most_general_answers_the_model_got_right_stay_right(report):
-    # The bar. LoRA on the layers sat at 0.84-0.88 here; the subject's embeddings keep
-    # every answer that does not name the subject (1.00 on these facts, seeds 0 and 1).
+    # The locality issue's bar for 3 facts nobody tuned on.
     assert report["metrics"]["general_retention"] >= 0.9, lost(report)
 
 
-def test_the_adapter_edits_the_subjects_tokens_only(report):
-    assert report["config"]["adapter"] == "subject"
-    words = {t.strip().lower() for t in report["edited_tokens"]}
-    assert {"japan", "copper", "animal", "farm"} <= words
-    assert not words & {"capital", "chemical", "symbol", "wrote", "what", "who", "the"}
+def test_the_adapter_is_a_focused_lora_that_trains_b_only(report):
+    config = report["config"]
+    assert config["adapter"] == "lora" and config["focus_ridge"] > 0 and "edited_tokens" not in report
+    lora = report["model"]["num_layers"]  # every adapted projection trains B (out x r) only
+    assert 0 < report["metrics"]["trainable_params"] < lora * 7 * 1536 * config["lora_rank"]
 
 
 def test_report_records_config_steps_and_cost(report):

@@ -1,0 +1,142 @@
+"""What was tried to make LoRA local: each variant of the method on the development facts (the ones
+settings may be tuned on), a few seeds, the figures that decide. Writes docs/locality_trials.md.
+
+    python bench/locality_trials.py --variants band neighbours --seeds 0 1 2
+    python bench/locality_trials.py --table-only      # rewrite the table from the saved runs
+
+Every run is one `python -m lune_core run` subprocess with the variant's flags; outputs are kept in
+bench/out/trials/ (one JSON per variant, set, size and seed) and the table is made from them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from run_bench import fact_set  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from lune_core.evaluation import compute_metrics  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "trials"
+MLP = "gate_proj,up_proj,down_proj"
+# name -> (what it changes, CLI arguments on top of `--method lune --adapter lora`)
+VARIANTS = {
+    "band": ("LoRA r8 on every projection of the middle half of the layers (the earlier LoRA setting), KL on "
+             "shipped anchors, with misdirection (then `lune`, now `lune_misdirect`)", ["--method", "lune_misdirect", "--set", "focus_ridge=0", "--set", "neighbour_anchors=0"]),
+    "neighbours": ("band + KL on 8 automatically built neighbours per fact",
+                   ["--method", "lune_misdirect", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0"]),
+    "mlp_early": ("neighbours + LoRA on the MLPs of layers 4-12 only",
+                  ["--method", "lune_misdirect", "--set", "neighbour_anchors=8", "--set", f"target_modules={MLP}",
+                   "--layers", "4-12", "--set", "focus_ridge=0"]),
+    "replace": ("neighbours, replacement NLL + KL only (no misdirection of hidden states)",
+                ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0"]),
+    "replace_kl": ("replace + KL weight 20 on 16 prompts a step",
+                   ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "retain_weight=20",
+                    "--set", "anchors_per_step=16", "--set", "focus_ridge=0"]),
+    "pool96": ("replace_kl with every shipped anchor in the KL pool (96) instead of 32",
+               ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "retain_weight=20",
+                "--set", "anchors_per_step=16", "--set", "anchor_pool=96", "--set", "focus_ridge=0"]),
+    "focus": ("replace + neighbours, A set to the forget-vs-keep input directions and frozen (ridge 0.01), "
+              "KL pool 32 from anchors + retain set, C_k over the pool as one group (since split in two)", ["--method", "lune", "--set", "neighbour_anchors=8",
+                                                      "--set", "focus_ridge=0.01"]),
+    "focus_near": ("focus, the neighbours' inputs weighing as much as the anchors' in C_k",
+                   ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.01"]),
+    "focus_near_r10": ("focus_near with ridge 0.1 (a looser gate)",
+                       ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1"]),
+    "focus_near_lr": ("focus_near at lr 3e-4",
+                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.01",
+                       "--lr", "3e-4"]),
+    "focus_r100": ("focus_near with ridge 1 (looser still)",
+                   ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1"]),
+    "focus_r10_kl": ("focus_near_r10 + KL weight 20 on 16 prompts a step",
+                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
+                      "--set", "retain_weight=20", "--set", "anchors_per_step=16"]),
+    "paper": ("the paper's recipe: r16, alpha 16, dropout 0.05, every projection of every layer, lr 2e-4, "
+              "NLL on the negatives only", ["--method", "lune", "--rank", "16", "--set", "lora_alpha=16",
+                                            "--set", "lora_dropout=0.05", "--set", "layer_band=0,1",
+                                            "--set", "retain_weight=0", "--lr", "2e-4", "--set", "focus_ridge=0", "--set", "neighbour_anchors=0"]),
+}
+# Mechanisms tried and removed from the engine (their code is gone; their rows stay in the table).
+REMOVED = {
+    "null90": "neighbours + AlphaEdit-style null-space projection of A: A <- A(I - UUᵀ), U the directions "
+              "holding 90 % of the KL prompts' input energy, after every step (mechanism removed)",
+}
+FIGURES = ["forget_success", "forget_clean", "paraphrase_success", "adversarial_success", "neighbour_retention",
+           "general_retention", "degenerate_rate", "degenerate_rate_before", "train_seconds"]
+
+
+def run(name: str, set_name: str, n: int, seed: int, general_limit: int) -> dict:
+    out = OUT / f"{name}-{set_name}-{n}-{seed}.json"
+    facts = out.with_suffix(".facts.jsonl")
+    facts.write_text("".join(json.dumps(f) + "\n" for f in fact_set(n, set_name)), encoding="utf-8")
+    args = VARIANTS[name][1]
+    cmd = [sys.executable, "-m", "lune_core", "run", "--facts", str(facts), "--out", str(out), "--seed", str(seed),
+           "--general-limit", str(general_limit), "--method", "lune", "--adapter", "lora", *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.read_text())["metrics"]
+
+
+def table() -> str:
+    rows = {}
+    for path in sorted(OUT.glob("*.json")):
+        if path.name.endswith(".facts.jsonl"):
+            continue
+        name, set_name, n, _seed = path.stem.rsplit("-", 3)
+        saved = json.loads(path.read_text())
+        # every row scored by the current rules, whatever version of them the run was made with
+        metrics = dict(saved["metrics"], **compute_metrics(saved["probes"], saved["metrics"].get("answer_logprob_drop")))
+        rows.setdefault((name, set_name, int(n)), []).append(metrics)
+    lines = ["# What was tried to make LoRA local", "",
+             "Generated by `python bench/locality_trials.py`; mean (± spread over seeds), every run scored by "
+             "the current rules. Development facts only (`bench/run_bench.py` FACT_SETS['dev']: France, gold, "
+             "Hamlet), the first 48 general questions, `lune` on LoRA unless the variant says otherwise; the "
+             "held-out figures are in docs/benchmarks.md, the reading in docs/benchmarks_notes.md. Variants "
+             "whose mechanism was dropped are kept here with their figures.", "",
+             "| variant | set | facts | seeds | " + " | ".join(FIGURES) + " |", "|" + "---|" * (4 + len(FIGURES))]
+    order = list(VARIANTS) + list(REMOVED)
+    for (name, set_name, n), runs in sorted(rows.items(), key=lambda kv: (kv[0][2], order.index(kv[0][0])
+                                                                            if kv[0][0] in order else 99)):
+        cells = []
+        for key in FIGURES:
+            values = [r.get(key) for r in runs if r.get(key) is not None]
+            if not values:
+                cells.append("n/a")
+                continue
+            mean = statistics.mean(values)
+            spread = statistics.pstdev(values) if len(values) > 1 else 0
+            cells.append(f"{mean:.2f}" + (f" ± {spread:.2f}" if spread else ""))
+        lines.append(f"| {name} | {set_name} | {n} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += ["", "| variant | what it changes |", "|---|---|"]
+    lines += [f"| {name} | {what} |" for name, (what, _) in VARIANTS.items()]
+    lines += [f"| {name} | {what} |" for name, what in REMOVED.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--facts", type=int, default=3)
+    parser.add_argument("--set", default="dev")
+    parser.add_argument("--general-limit", type=int, default=48)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for name in args.variants:
+            for seed in args.seeds:
+                m = run(name, args.set, args.facts, seed, args.general_limit)
+                print(f"{name:12s} seed={seed} " + " ".join(f"{k}={m.get(k)}" for k in FIGURES), flush=True)
+    (ROOT / "docs" / "locality_trials.md").write_text(table(), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

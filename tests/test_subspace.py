@@ -1,0 +1,49 @@
+"""The focused LoRA: A is set to the input directions the forget rows use and the rows to keep do
+not, and frozen, so whatever B learns moves the forget rows far more than the rows to keep."""
+import torch
+
+from lune_core.adapters import adapter_spec, attached
+from lune_core.config import UnlearnConfig
+from lune_core.prompting import collate
+from lune_core.subspace import focus_lora
+from tests.tiny import tiny_model
+
+
+def change(peft_model, rows, pad):
+    batch = collate(rows, pad)
+    with torch.no_grad():
+        on = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        with peft_model.disable_adapter():
+            off = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    return float((on - off)[batch.attention_mask.bool()].norm(dim=-1).mean())
+
+
+def test_a_focused_update_moves_the_forget_rows_and_barely_the_rows_to_keep():
+    lm = tiny_model()
+    tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
+    # Plain token rows (no chat template, whose shared system prompt would dominate a 32-wide model).
+    def rows(*texts):
+        return [(tok(t)["input_ids"],) * 2 for t in texts]
+
+    forget = rows("Paris is the capital of France")
+    keep = rows("Bees make honey in summer", "Two plus two is four", "The sky is blue today", "Cats sleep a lot")
+    spec = adapter_spec(UnlearnConfig(adapter="lora", layer_band=(0, 1)), lm.num_layers)
+
+    def randomise_b(peft_model):
+        torch.manual_seed(1)
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=1e-4)  # a small trained B: its first-order effect
+
+    torch.manual_seed(0)
+    with attached(lm, spec) as peft_model:  # the plain LoRA initialisation: no preference
+        randomise_b(peft_model)
+        assert change(peft_model, forget, pad) < 2 * change(peft_model, keep, pad)
+    with attached(lm, spec) as peft_model:
+        contrast = focus_lora(peft_model, forget, [keep[:1], keep[1:]], "cpu", pad, ridge=1e-3)
+        assert contrast and max(contrast.values()) > 1  # directions with more forget than keep energy
+        frozen = [p for n, p in peft_model.named_parameters() if "lora_A" in n]
+        assert frozen and not any(p.requires_grad for p in frozen)
+        assert all(p.requires_grad for n, p in peft_model.named_parameters() if "lora_B" in n)
+        randomise_b(peft_model)
+        assert change(peft_model, forget, pad) > 5 * change(peft_model, keep, pad)
