@@ -483,7 +483,7 @@ def build() -> gr.Blocks:
         # Every row on the page, no inner scroll: a projector shows the whole comparison.
         compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare",
                                label="Every question, before (adapter off) and after (adapter on)", max_height=20000,
-                               column_widths=["9%", "21%", "10%", "24%", "24%", "12%"])
+                               column_widths=["13%", "19%", "9%", "23%", "23%", "13%"])
         with gr.Accordion("Runs in this page", open=False):
             runs = gr.Dataframe(runs_frame([]), interactive=False, label="Past runs (kept until you leave)")
         with gr.Row():

@@ -136,6 +136,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--first-seed-only", nargs="*", type=int, default=[], metavar="SIZE",
                         help="fact-set sizes run with the first seed only (the table gives each row's seeds)")
+    parser.add_argument("--only-saved", action="store_true",
+                        help="with --resume: build the table from the saved runs alone, leaving out any not made")
     parser.add_argument("--first-seed-only-methods", nargs="*", default=[], metavar="METHOD",
                         help="methods run with the first seed only (the table gives each row's seeds)")
     parser.add_argument("--sets", nargs="*", default=None, choices=list(FACT_SETS),
@@ -173,13 +175,16 @@ def main() -> None:
                         metrics = kept["metrics"]
                         reused.append({"method": method, "set": name, "facts": n, "seed": seed,
                                        "created": kept["created"]})
+                    elif args.only_saved:
+                        continue
                     else:
                         metrics = run_one(method, facts, seed, steps, general_limit, out)
                     runs.append(metrics)
                     print(f"{method:14s} {name:7s} facts={n:2d} seed={seed} {'kept' if kept else 'ran '} " + " ".join(
                         f"{k}={metrics.get(k)}" for k in METRICS[:8]), flush=True)
-                results.append({"method": method, "set": name, "facts": n, "runs": runs,
-                                "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
+                if runs:
+                    results.append({"method": method, "set": name, "facts": n, "runs": runs,
+                                    "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
     for row in results:  # ratios to full fine-tuning measured in this same run
         ft = next((r for r in results if r["method"] == "full_ft" and r["facts"] == row["facts"]
                    and r["set"] == row["set"]), None)

@@ -44,7 +44,7 @@ def _stored(lm: LoadedModel) -> dict:
     """The answers kept on disk for this model (read once per process)."""
     if lm.answer_store is None:
         return {}
-    if not hasattr(lm, "_stored_answers"):
+    if lm.stored_answers is None:
         stored = {}
         try:
             for line in lm.answer_store.read_text(encoding="utf-8").splitlines():
@@ -55,8 +55,8 @@ def _stored(lm: LoadedModel) -> dict:
                     continue  # a line cut short by a crash: ask again
         except OSError:
             pass
-        lm._stored_answers = stored
-    return lm._stored_answers
+        lm.stored_answers = stored
+    return lm.stored_answers
 
 
 def _store(lm: LoadedModel, fresh: dict) -> None:

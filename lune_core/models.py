@@ -46,6 +46,7 @@ class LoadedModel:
     # Where they are also kept across processes (a JSON Lines file), for models with a stable
     # identity (the embedded model, a hub id); None for a local folder, whose weights may change.
     answer_store: Path | None = None
+    stored_answers: dict | None = None  # the store's contents, read at first use
     # One job on the shared weights at a time: adapters are attached in place.
     lock: threading.RLock = field(default_factory=threading.RLock)
 

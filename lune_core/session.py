@@ -636,7 +636,8 @@ def robustness_rows(result: dict) -> list[dict]:
 def comparison_rows(report: dict | None) -> list[dict]:
     if not report:
         return []
-    return [{k: r[k] for k in ("kind", "prompt", "expected", "before", "after", "verdict")} for r in report["probes"]]
+    keys = ("kind", "subkind", "source", "prompt", "prefill", "expected", "before", "after", "verdict")
+    return [{k: r.get(k, "") for k in keys} for r in report["probes"]]
 
 
 def export_files(session: Session) -> list[str]:
