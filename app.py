@@ -18,6 +18,7 @@ from lune_core.config import UnlearnConfig
 from lune_core.deploy import running_on_spaces
 from lune_core.losses import METHODS
 from lune_core.models import EMBEDDED_MODEL
+from lune_core.probes import KINDS as PROBE_KINDS
 
 QUANTIZATION = {"nf4": "4-bit NF4", "none": "none (full precision)"}
 MODEL_QUEUE = "model"  # training and generation share the weights: one job at a time, in order
@@ -50,7 +51,7 @@ CARDS = [  # metric key, title, how to read it, format, the metric's value befor
     ("truth_ratio_after", "Truth ratio", "likelihood of wrong answers over the true one; above 1: the true "
      "answer is no longer preferred", "num", "truth_ratio_before"),
 ]
-KIND_ORDER = {"forget": 0, "paraphrase": 1, "reworded": 2, "adversarial": 3, "neighbour": 4, "general": 5}
+KIND_ORDER = {kind: i for i, kind in enumerate(PROBE_KINDS)}  # the table's groups, in this order
 KIND_WORDS = {"same_subject": "same subject", "same_relation": "same question, other subject",
               "shared_words": "shared words", "unspecified": "yours", "in_context": "in-context hint",
               "choice": "multiple choice", "prefix": "'Sure, the answer is'", "cloze": "fill in the blank"}

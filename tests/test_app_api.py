@@ -20,7 +20,7 @@ DEFAULT_SETTINGS = {"method": "lune", "adapter": "lora", "steps": 30, "lr": None
 
 
 def table(rows: list[list[str]]) -> dict:
-    return dict(TABLE, data=rows)
+    return dict(TABLE, data=[list(r) + [""] * (len(FACT_COLUMNS) - len(r)) for r in rows])
 
 
 def unlearn(client, rows, **overrides):
