@@ -55,7 +55,8 @@ class Probe:
         return asdict(self)
 
 
-def _norm(text: str) -> str:
+def normalise(text: str) -> str:
+    """Lower case, whitespace collapsed: how prompts are compared for sameness."""
     return " ".join(text.lower().split())
 
 
@@ -109,9 +110,9 @@ def distractors(fact: Fact, others: list[str], pool: list[str], n: int, seed: in
     facts and of its same-relation neighbours, then a seeded draw from the general answers."""
     picked: list[str] = []
     for option in ([fact.replacement] if fact.short_replacement else []) + others:
-        if option and not leaks(option, fact.answer) and _norm(option) not in map(_norm, picked):
+        if option and not leaks(option, fact.answer) and normalise(option) not in map(normalise, picked):
             picked.append(option)
-    rest = [a for a in pool if not leaks(a, fact.answer) and _norm(a) not in map(_norm, picked)]
+    rest = [a for a in pool if not leaks(a, fact.answer) and normalise(a) not in map(normalise, picked)]
     random.Random(seed).shuffle(rest)
     return (picked + rest)[:n]
 
@@ -144,7 +145,7 @@ class NeighbourSources:
     entities: dict[str, list[str]] = field(default_factory=dict)  # category -> names
 
     def curated_for(self, question: str) -> list[dict]:
-        return self.curated.get(_norm(question), [])
+        return self.curated.get(normalise(question), [])
 
 
 _QUOTED = re.compile(r"(['\"‘“])(.+?)(['\"’”])(?!\w)")
@@ -171,10 +172,10 @@ def subject_span(question: str, vocabulary: list[str]) -> str:
 def _substitutes(span: str, entities: dict[str, list[str]], n: int, seed: int, taken: str) -> list[str]:
     """Other entities of the subject's category (of every category when it is in none), none of them
     named in `taken` (the run's own fact questions: those are forgotten, not neighbours)."""
-    key = _norm(span).strip("'\"")
-    same = [names for names in entities.values() if any(_norm(e).strip("'\"") == key for e in names)]
+    key = normalise(span).strip("'\"")
+    same = [names for names in entities.values() if any(normalise(e).strip("'\"") == key for e in names)]
     pool = same[0] if same else [e for names in entities.values() for e in names]
-    pool = [e for e in pool if _norm(e).strip("'\"") != key and _norm(e).strip("'\"") not in taken]
+    pool = [e for e in pool if normalise(e).strip("'\"") != key and normalise(e).strip("'\"") not in taken]
     return random.Random(seed).sample(pool, min(n, len(pool)))
 
 
@@ -209,7 +210,7 @@ def training_neighbours(facts: list[Fact], sources: NeighbourSources, seed: int,
     """Prompts near each fact that the method keeps answering as the base does: its subject asked
     about in general, its question about other subjects, its relation words used on their own.
     None of them is one of the `scored` prompts, the probes that measure the run."""
-    taken = " ".join(_norm(f.question) for f in facts)
+    taken = " ".join(normalise(f.question) for f in facts)
     prompts: list[str] = []
     for index, fact in enumerate(facts):
         span = subject_span(fact.question, sources.vocabulary)
@@ -220,15 +221,15 @@ def training_neighbours(facts: list[Fact], sources: NeighbourSources, seed: int,
         subject = set(content_words(span))
         prompts += [TRAINING_WORD_TEMPLATE.format(word=w) for w in content_words(fact.question)
                     if w not in subject and not w.isdigit() and not leaks(w, fact.answer)][:2]
-    measured = {_norm(p) for p in scored}
-    return [p for p in dict.fromkeys(prompts) if _norm(p) not in measured]
+    measured = {normalise(p) for p in scored}
+    return [p for p in dict.fromkeys(prompts) if normalise(p) not in measured]
 
 
 def neighbour_probes(facts: list[Fact], sources: NeighbourSources, seed: int) -> list[Probe]:
     """Per fact its own keep list, else the curated one, else automatic neighbours; never one of
     the run's own fact questions."""
-    taken = " ".join(_norm(f.question) for f in facts)
-    questions = {_norm(f.question) for f in facts}
+    taken = " ".join(normalise(f.question) for f in facts)
+    questions = {normalise(f.question) for f in facts}
     probes = []
     for index, fact in enumerate(facts):
         for source, entries in (("given", fact.keep), ("curated", sources.curated_for(fact.question))):
@@ -239,7 +240,7 @@ def neighbour_probes(facts: list[Fact], sources: NeighbourSources, seed: int) ->
         else:
             probes += [Probe("neighbour", prompt, [], subkind, "automatic", fact=index, forgotten=fact.answer)
                        for subkind, prompt in automatic_neighbours(fact, sources, seed + index, taken)]
-    return [p for p in probes if _norm(p.prompt) not in questions]
+    return [p for p in probes if normalise(p.prompt) not in questions]
 
 
 # ---- the whole set -----------------------------------------------------------------------------
@@ -249,9 +250,9 @@ def forget_probes(facts: list[Fact]) -> list[Probe]:
     probes = [Probe("forget", f.question, [f.answer], fact=i) for i, f in enumerate(facts)]
     for i, f in enumerate(facts):
         probes += [Probe("paraphrase", p, [f.answer], source="given", fact=i) for p in f.paraphrases]
-        given = {_norm(p) for p in f.paraphrases}
+        given = {normalise(p) for p in f.paraphrases}
         probes += [Probe("reworded", p, [f.answer], source="rule", fact=i) for p in rewordings(f.question)
-                   if _norm(p) not in given]
+                   if normalise(p) not in given]
     return probes
 
 

@@ -21,7 +21,7 @@ from .facts import Fact, FactError, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
-from .probes import NeighbourSources, build_probes, training_neighbours
+from .probes import NeighbourSources, build_probes, normalise, training_neighbours
 from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
 
@@ -60,7 +60,7 @@ def load_neighbour_sources() -> NeighbourSources:
     """The shipped curated neighbours, the entity lists automatic neighbours swap subjects from, and
     the prompts whose shared words tell a subject word from a relation word (anchors and the whole
     general set, whatever part of it a run asks)."""
-    curated = {" ".join(r["fact"].lower().split()): r["keep"] for r in read_jsonl(ASSETS / "neighbours.jsonl")}
+    curated = {normalise(r["fact"]): r["keep"] for r in read_jsonl(ASSETS / "neighbours.jsonl")}
     entities = json.loads((ASSETS / "entities.json").read_text(encoding="utf-8"))
     vocabulary = load_anchors() + [r["question"] for r in load_general()]
     return NeighbourSources(curated=curated, vocabulary=vocabulary, entities=entities)
@@ -151,8 +151,8 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         prompts, prefills = [p.prompt for p in probes], [p.prefill for p in probes]
         before = base_answers(lm, prompts, mnt, peft_model, prefills)
         # Never train on what scores the run: anchors that are also probes are left out.
-        scored = {" ".join(p.lower().split()) for p in prompts}
-        train_anchors = [a for a in anchors if " ".join(a.lower().split()) not in scored]
+        scored = {normalise(p) for p in prompts}
+        train_anchors = [a for a in anchors if normalise(a) not in scored]
         near = training_neighbours(facts, sources, config.seed, prompts)
         data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
         likelihood = _Likelihood(
