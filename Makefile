@@ -1,5 +1,7 @@
-.PHONY: setup setup-test run test bench
+.PHONY: setup setup-test run test test-unit lint bench
 export GRADIO_ANALYTICS_ENABLED := False
+# Everything runs in the project's own virtual environment, created by scripts/setup.sh.
+PY := .venv/bin/python
 
 setup:
 	bash scripts/setup.sh
@@ -8,10 +10,19 @@ setup-test:
 	bash scripts/setup.sh --test
 
 run: setup
-	python app.py
+	$(PY) app.py
 
+# Lint, then every tier: unit, integration (tiny model, subprocesses, app server), e2e (embedded model, browser).
 test: setup-test
-	python -m pytest -q
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+# The quick loop while editing: the unit tier only (no model weights, no subprocess).
+test-unit:
+	$(PY) -m pytest -q -m unit
+
+lint:
+	$(PY) -m ruff check .
 
 bench: setup
-	python bench/run_bench.py
+	$(PY) bench/run_bench.py

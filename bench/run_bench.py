@@ -58,7 +58,7 @@ VARIANTS = {
     "lune_subject": {"method": "lune", "adapter": "subject"},
     # full fine-tuning of all (full-precision) weights with LUNE's loss. All weights at LoRA's 1e-3
     # turn the model into gibberish within 10 steps (seen here).
-    "full_ft": {"method": "lune", "full_finetune": True, "learning_rate": FULL_FT_LR},
+    "full_ft": {"method": "lune", "adapter": "full", "learning_rate": FULL_FT_LR},
     # The paper's recipe as a public reimplementation reads it: LoRA r16, alpha 16, dropout 0.05 on
     # every projection of every layer, AdamW 2e-4, NLL on the negative examples only (no retain term).
     "paper_recipe": {"method": "lune", "adapter": "lora", "lora_rank": 16, "lora_alpha": 16,
@@ -72,14 +72,14 @@ _SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "retain_weight", "lor
 
 def method_settings(method: str) -> dict:
     """The config fields a run of this benchmark method has: a loss of the registry, lune_lora or full_ft."""
-    return {"adapter": UnlearnConfig.adapter, "full_finetune": False, "method": method, **VARIANTS.get(method, {})}
+    return {"adapter": UnlearnConfig.adapter, "method": method, **VARIANTS.get(method, {})}
 
 
 def method_args(method: str, robustness: bool) -> list[str]:
     """CLI arguments for a benchmark method."""
     s = method_settings(method)
-    if s["full_finetune"]:  # the attacks need an adapter: not for full fine-tuning
-        return ["--method", s["method"], "--full-precision", "--lr", str(s["learning_rate"])]
+    if s["adapter"] == "full":  # the attacks need an adapter: not for full fine-tuning
+        return ["--method", s["method"], "--adapter", "full", "--lr", str(s["learning_rate"])]
     args = ["--method", s["method"], "--adapter", s["adapter"]]
     if "learning_rate" in s:
         args += ["--lr", str(s["learning_rate"])]
@@ -108,6 +108,8 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
     try:
         saved = json.loads(out.read_text())
         config, metrics = saved["config"], saved["metrics"]
+        if config.pop("full_finetune", False):  # saved before full fine-tuning became adapter "full"
+            config["adapter"] = "full"
     except (OSError, ValueError, KeyError):
         return None
     settings = dict(method_settings(method), seed=seed, steps=steps)
@@ -116,7 +118,7 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
             and [(f["question"], f["answer"], f.get("replacement")) for f in saved.get("facts", [])]
             == [(f["question"], f["answer"], f.get("replacement")) for f in facts]
             and sum(p["kind"] == "general" for p in saved.get("probes", [])) == general_count
-            and (config.get("full_finetune") or saved.get("robustness") is not None))
+            and (config["adapter"] == "full" or saved.get("robustness") is not None))
     return {"metrics": metrics, "created": saved.get("created")} if same else None
 
 

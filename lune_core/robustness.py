@@ -7,11 +7,11 @@ reported apart (`still_leaking_after_training`).
 """
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import tempfile
-
-import torch
+from dataclasses import replace
 
 from .adapters import AdapterState, attached
 from .config import UnlearnConfig
@@ -19,10 +19,10 @@ from .facts import Fact, leaks
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel, cache_dir, load_model
-from .losses import mean_nll
 from .probes import forget_probes, rewordings
 from .prompting import encode_pair
-from .forward import Forward
+from .examples import TrainingData
+from .trainer import unlearn
 
 
 def _leak_rate(answers: list[str], probes, forgotten: list[bool]) -> float | None:
@@ -73,18 +73,14 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
             learning_rate = config.resolved(adapter.spec["kind"]).learning_rate / 10
         pairs = [(q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
         pairs = [(q, t) for q, t in pairs if t] or [(q, f.question) for q, f in zip(sources, owners)]
-        rows = [encode_pair(lm.tokenizer, q, t) for q, t in pairs]
-        forward = Forward(peft_model, lm.device, lm.tokenizer.pad_token_id)
-        params = [p for p in peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=learning_rate)
-        torch.manual_seed(config.seed)
-        peft_model.train()
-        for _ in range(steps):
-            loss = mean_nll(forward({"related": rows})["related"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        peft_model.eval()
+        data = TrainingData(target=[encode_pair(lm.tokenizer, q, t) for q, t in pairs], forget=[], anchor=[],
+                            forget_texts=[])
+        # Plain fine-tuning through the run's own trainer: a constant rate, no clipping, nothing held.
+        attack = replace(config, method="finetune", adapter=adapter.spec["kind"], steps=steps,
+                         learning_rate=learning_rate, schedule="constant", max_grad_norm=math.inf, weight_decay=0.01,
+                         retain_weight=0.0, focus_ridge=0.0, check_every=0, gradient_checkpointing=False)
+        for _ in unlearn(lm, peft_model, data, [], attack, peft_model=peft_model):
+            pass
         after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
     return {"relearn_leak_rate": _leak_rate(after, probes, forgotten), "relearn_steps": steps,
             "relearn_texts": [{"prompt": q, "text": t} for q, t in pairs],
@@ -132,6 +128,6 @@ def robustness_events(lm: LoadedModel, adapter: AdapterState, facts: list[Fact],
     yield {"result": result}
 
 
-def check_robustness(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig) -> dict:
+def run_attacks(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig) -> dict:
     """Both attacks, their result only."""
     return [e for e in robustness_events(lm, adapter, facts, config) if "result" in e][0]["result"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import time
 from contextlib import nullcontext
-from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -12,6 +11,7 @@ from typing import Iterator
 import torch
 
 from . import __version__
+from .assets import asset
 from .adapters import AdapterState, adapter_spec, attached, snapshot
 from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
@@ -25,12 +25,9 @@ from .probes import NeighbourSources, build_probes, normalise, training_neighbou
 from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-
-
 def load_general(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
     """General-knowledge questions {question, answers: [...]}, the first `limit` of them."""
-    path = Path(path or ASSETS / "general_knowledge.jsonl")
+    path = Path(path or asset("general_knowledge.jsonl"))
     records = read_jsonl(path)
     for number, r in enumerate(records, 1):
         answers = r.get("answers") if isinstance(r, dict) else None
@@ -43,7 +40,7 @@ def load_general(path: str | Path | None = None, limit: int | None = None) -> li
 def load_anchors(path: str | Path | None = None) -> list[str]:
     """Prompts the method holds to the base's own answers (never scored): the neutral anchors and the
     general-knowledge retain set (assets/retain_prompts.jsonl, disjoint from every probe set)."""
-    paths = [path] if path else [ASSETS / "anchor_prompts.jsonl", ASSETS / "retain_prompts.jsonl"]
+    paths = [path] if path else [asset("anchor_prompts.jsonl"), asset("retain_prompts.jsonl")]
     return [r["question"] for p in paths for r in read_jsonl(p)]
 
 
@@ -55,13 +52,12 @@ class RunResult:
     report: dict = field(default_factory=dict)
 
 
-@lru_cache(maxsize=1)
 def load_neighbour_sources() -> NeighbourSources:
     """The shipped curated neighbours, the entity lists automatic neighbours swap subjects from, and
     the prompts whose shared words tell a subject word from a relation word (anchors and the whole
-    general set, whatever part of it a run asks)."""
-    curated = {normalise(r["fact"]): r["keep"] for r in read_jsonl(ASSETS / "neighbours.jsonl")}
-    entities = json.loads((ASSETS / "entities.json").read_text(encoding="utf-8"))
+    general set, whatever part of it a run asks). A few milliseconds: read per run, kept nowhere."""
+    curated = {normalise(r["fact"]): r["keep"] for r in read_jsonl(asset("neighbours.jsonl"))}
+    entities = json.loads(asset("entities.json").read_text(encoding="utf-8"))
     vocabulary = load_anchors() + [r["question"] for r in load_general()]
     return NeighbourSources(curated=curated, vocabulary=vocabulary, entities=entities)
 
@@ -93,7 +89,7 @@ def _report(lm, config, facts, records, rows, logprob_drop, likelihood, trainabl
 
 def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, n_tokens: int) -> None:
     cfg = lm.model.config
-    if config.full_finetune:
+    if config.adapter == "full":
         trainable = lm.total_params
     elif config.adapter == "subject":  # a row per token, in the input and the output embedding
         trainable = 2 * n_tokens * cfg.hidden_size
@@ -122,7 +118,7 @@ class _Likelihood:
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
                    anchors: list[str], stop=None, limits: RunLimits | None = None,
                    sources: NeighbourSources | None = None) -> Iterator[StepRecord | RunResult]:
-    """Yield a StepRecord per step, then one RunResult. With config.full_finetune, `lm` must be a
+    """Yield a StepRecord per step, then one RunResult. With adapter "full", `lm` must be a
     full-precision copy that may be consumed; otherwise only an adapter is trained (config.adapter).
     `limits`: the caller's request bounds (default: RunLimits with the environment's overrides);
     `sources`: where neighbour probes come from (default: the shipped ones)."""
@@ -136,7 +132,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
     _check_memory(lm, facts, config, len(tokens))
     started = time.perf_counter()
     records: list[StepRecord] = []
-    if config.full_finetune:
+    if config.adapter == "full":
         context = nullcontext(None)
     else:
         spec = adapter_spec(config, lm.num_layers, list(tokens))
@@ -165,7 +161,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
         true_before, wrong_before = likelihood.measure(model, lm, base())
         free_memory()  # the generation's freed caches, before training sets the peak
-        if config.full_finetune:
+        if config.adapter == "full":
             for p in lm.model.parameters():
                 p.requires_grad_(True)
         for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop):
@@ -187,7 +183,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
     report["forget_targets"] = data.forget_texts
     report["wrong_answers"] = probe_set.wrong
     report["anchors_left_out"] = len(anchors) - len(train_anchors)
-    if config.adapter == "subject" and not config.full_finetune:
+    if config.adapter == "subject":
         report["edited_tokens"] = [tokens[i] for i in sorted(tokens)]
     free_memory()
     yield RunResult(adapter=adapter, report=report)

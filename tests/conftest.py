@@ -1,4 +1,4 @@
-"""Shared test setup: offline hub, the `slow` marker, and the app server."""
+"""Shared test setup: offline hub, the test tiers, and the app server."""
 from __future__ import annotations
 
 import os
@@ -11,8 +11,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: loads the embedded model and trains (minutes on a CPU)")
+# Tests that take one of these fixtures run a model (a tiny one), a subprocess or the app server.
+INTEGRATION_FIXTURES = frozenset({"lm", "models", "world", "session", "figures", "space_repo", "app_url"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test lands in one tier: e2e (the embedded model or a browser: marked slow / browser),
+    integration (marked so, or taking an integration fixture), else unit (no model, no subprocess)."""
+    for item in items:
+        if item.get_closest_marker("slow") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.e2e)
+        elif item.get_closest_marker("integration") or INTEGRATION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

@@ -155,19 +155,21 @@ def _session_action(S, session, case: Case):
 
 
 def run_session_case(S, session, case: Case) -> Outcome:
-    """One case through lune_core.session on `session`, which holds a model, facts and a finished run."""
+    """One case through the web service S (lune_web.service) on `session`, which holds a model, facts
+    and a finished run."""
     from lune_core.facts import FactError
     from lune_core.models import ModelLoadError
+    from lune_web.errors import UserError, user_message
 
     before = _session_state(session)
     problems: list[str] = []
     try:
         result = _session_action(S, session, case)
     except Exception as err:  # noqa: BLE001 - judged below
-        message = S.user_message(err)
+        message = user_message(err)
         if not case.rejected:
             problems.append(f"refused: {message}")
-        if not isinstance(err, (S.UserError, FactError, ModelLoadError)):
+        if not isinstance(err, (UserError, FactError, ModelLoadError)):
             problems.append(f"not a user error: {type(err).__name__}")
         _one_clear_line(message, case.message, problems)
         if _session_state(session) != before:
@@ -232,7 +234,8 @@ def main_in_process(argv: list[str]) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-def run_cli_case(case: Case, workdir: Path, run: Callable[[list[str]], tuple[int, str, str]] = main_in_process) -> Outcome:
+def run_cli_case(case: Case, workdir: Path,
+                 run: Callable[[list[str]], tuple[int, str, str]] = main_in_process) -> Outcome:
     problems: list[str] = []
     try:
         code, out, err = run(cli_argv(case, workdir))
@@ -255,7 +258,7 @@ def run_cli_case(case: Case, workdir: Path, run: Callable[[list[str]], tuple[int
 # ---- the launched app, through gradio_client ------------------------------------------------------
 
 def table(rows: list[list[str]]) -> dict:
-    from lune_core.session import FACT_COLUMNS
+    from lune_web.forms import FACT_COLUMNS
 
     return {"headers": FACT_COLUMNS, "data": [list(r) + [""] * (len(FACT_COLUMNS) - len(r)) for r in rows]}
 

@@ -11,7 +11,8 @@ import pytest
 
 gradio_client = pytest.importorskip("gradio_client")
 
-from lune_core.session import FACT_COLUMNS, preset_rows, presets  # noqa: E402
+from lune_core.config import RunLimits  # noqa: E402
+from lune_web.forms import FACT_COLUMNS, preset_rows, presets  # noqa: E402
 
 pytestmark = pytest.mark.slow
 TABLE = {"headers": FACT_COLUMNS, "data": []}
@@ -44,7 +45,7 @@ def client(app_url):
 def first_fact():
     if not presets():
         pytest.skip("no presets in assets/")
-    return presets()[0]["id"], preset_rows(presets()[0]["id"])[0]
+    return presets()[0]["id"], preset_rows(presets()[0]["id"], RunLimits())[0]
 
 
 def test_embedded_model_loads_and_describes_itself(client):

@@ -19,6 +19,8 @@ from tests import corpus  # noqa: E402
 from tests.app_server import serve_app  # noqa: E402
 from tests.tiny import save_tiny_model  # noqa: E402
 
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
+
 TOKEN = "hf_MARKERtokenNEVERshown0123456789"
 LONG_RUN = 5000  # steps: minutes on the tiny model, unless something stops it
 SEEN: list[str] = []  # every message the app returned, checked for the token at the end

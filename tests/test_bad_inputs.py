@@ -15,16 +15,22 @@ from pathlib import Path
 
 import pytest
 
-from lune_core import session as S
 from lune_core.config import RunLimits, UnlearnConfig
+from lune_deploy.config import load_deploy_config
+from lune_web.errors import UserError, user_message
+from lune_web.session import Session
 from tests import corpus
 from tests.tiny import save_tiny_model
+from tests.web import service, use_models
+
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "hf_MARKERtokenNEVERshown0123456789"
 PLACES = {name: f"/nonexistent/{name}" for name in ("MODEL_OUTSIDE_ROOTS", "EMPTY_FOLDER_IN_ROOT",
           "REMOTE_CODE_MODEL", "REMOTE_CODE_MODEL_NO_TYPE", "UNKNOWN_TYPE_MODEL", "SYMLINK_OUT_OF_ROOT")}
 CASES = corpus.load_cases(PLACES)  # for the test ids; the fixtures load them again with real folders
+S = service()
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +52,8 @@ def world(tmp_path_factory):
 def session(world):
     """A visitor who loaded the tiny model and finished a run: what a bad input must not take away."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(S, "MODELS", S.ModelRegistry())
-        visitor = S.Session()
+        use_models(S, mp)
+        visitor = Session()
         S.load(visitor, world["tiny"], True)
         list(S.run(visitor, [corpus.GOOD_ROW], corpus.TRAIN, 0))
         assert visitor.report is not None and visitor.adapter is not None
@@ -104,11 +110,11 @@ def test_a_real_process_prints_one_line_and_no_traceback(world, tmp_path, case_i
 
 
 def test_unexpected_errors_are_logged_without_the_token(world, caplog):
-    with caplog.at_level(logging.ERROR, logger="lune.session"):
-        shown = S.user_message(RuntimeError(f"upstream said Authorization: Bearer {TOKEN}"))
+    with caplog.at_level(logging.ERROR, logger="lune.web"):
+        shown = user_message(RuntimeError(f"upstream said Authorization: Bearer {TOKEN}"))
     assert "something went wrong" in shown and TOKEN not in shown
     assert caplog.records and "[HF_TOKEN]" in caplog.text and TOKEN not in caplog.text
-    assert TOKEN not in S.user_message(S.UserError(f"model {TOKEN} was not found"))
+    assert TOKEN not in user_message(UserError(f"model {TOKEN} was not found"))
 
 
 # ---- limits ------------------------------------------------------------------------------------------
@@ -125,12 +131,13 @@ def test_limits_come_from_the_environment_in_one_place():
 
 
 def test_the_apps_limits_are_the_deployments_with_the_environment_on_top():
-    code = "from lune_core import session as S; print(S.LIMITS.max_steps, S.LIMITS.max_facts, S.LIMITS.max_new_tokens)"
+    code = "from app import CONTEXT as C; print(C.limits.max_steps, C.limits.max_facts, C.limits.max_new_tokens)"
     env = dict(os.environ, PYTHONPATH=str(ROOT), LUNE_MAX_STEPS="7")
     env.pop("LUNE_MAX_FACTS", None)
     env.pop("LUNE_MAX_NEW_TOKENS", None)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.stdout.split() == ["7", str(S.DEPLOY.limits.max_facts), str(S.DEPLOY.limits.max_new_tokens)], done.stderr
+    deploy = load_deploy_config().limits
+    assert done.stdout.split() == ["7", str(deploy.max_facts), str(deploy.max_new_tokens)], done.stderr
 
 
 @pytest.mark.parametrize("variable, value, argv, default_message", [
@@ -157,9 +164,8 @@ def test_the_command_line_honours_the_limits(tmp_path, monkeypatch, variable, va
 def test_a_run_within_the_deployments_limits_is_not_refused_by_the_engine(world, monkeypatch):
     """A GPU Space allows 96 new tokens; the engine used to re-check against its own default of 64
     and fail the run with 'something went wrong'."""
-    monkeypatch.setattr(S, "MODELS", S.ModelRegistry())
-    monkeypatch.setattr(S, "LIMITS", RunLimits(max_new_tokens=96, max_steps=300))
-    visitor = S.Session()
+    use_models(S, monkeypatch, limits=RunLimits(max_new_tokens=96, max_steps=300))
+    visitor = Session()
     S.load(visitor, world["tiny"], True)
     updates = list(S.run(visitor, [corpus.GOOD_ROW], dict(corpus.FAST, steps=1, max_new_tokens=80), 0))
     assert updates[-1].done and visitor.report["config"]["max_new_tokens"] == 80

@@ -38,8 +38,8 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert "seeds [0, 1] (the first only at 1 facts)" in table
     assert "not measured: this table has no 3-fact `lune` run on the held-out facts" in table
     for column in ("clean", "adversarial", "neighbour", "agreement", "truth ratio"):
-        assert f" {column} |" in table.splitlines()[next(i for i, l in enumerate(table.splitlines())
-                                                          if l.startswith("| set |"))]
+        header = next(line for line in table.splitlines() if line.startswith("| set |"))
+        assert f" {column} |" in header
     assert "plotly" in (docs / "forget_vs_retention.html").read_text()
 
     # --resume keeps the saved runs of the same settings, reruns nothing, and the table says so.
@@ -61,4 +61,5 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert run_bench.finished_run(saved, "lune_subject", facts, 0, 10, 16) is None  # another adapter
     assert run_bench.finished_run(saved, "lune", facts, 0, 10, 112) is None  # the whole general set
     assert run_bench.finished_run(saved, "lune", run_bench.fact_set(3), 0, 10, 16) is None  # other facts
-    assert run_bench.finished_run(tmp_path / "out" / "full_ft-heldout-1-0.json", "full_ft", facts, 0, 10, 16) is not None
+    full_ft = tmp_path / "out" / "full_ft-heldout-1-0.json"
+    assert run_bench.finished_run(full_ft, "full_ft", facts, 0, 10, 16) is not None

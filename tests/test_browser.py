@@ -26,11 +26,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser,
 
 def first_preset() -> tuple[str, str]:
     """(title, first question) of the first preset."""
-    from lune_core.session import preset_rows, presets
+    from lune_core.config import RunLimits
+    from lune_web.forms import preset_rows, presets
 
     if not presets():
         pytest.skip("no presets in assets/")
-    return presets()[0]["title"], preset_rows(presets()[0]["id"])[0][0]
+    return presets()[0]["title"], preset_rows(presets()[0]["id"], RunLimits())[0][0]
 
 
 @pytest.fixture

@@ -66,6 +66,7 @@ def test_metrics_are_none_where_nothing_was_known():
     assert m["answer_logprob_drop"] is None
 
 
+@pytest.mark.integration
 def test_answer_logprob_is_the_sum_over_the_answer_tokens():
     lm = tiny_model()
     pair = encode_pair(lm.tokenizer, "What is the capital of France?", "Paris", loss_span=(0, 5), add_eos=False)

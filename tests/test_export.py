@@ -14,6 +14,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lune_core.adapters import peft_config, snapshot
 from lune_core.export import adapter_zip, model_card, save_adapter, write_exports
 
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
+
 LORA = {"kind": "lora", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
         "target_modules": ["q_proj", "v_proj", "down_proj"], "layers_to_transform": [1], "bias": "none",
         "task_type": "CAUSAL_LM"}

@@ -2,8 +2,12 @@
 a stable identity; a store cut short by a crash costs only the lost answers."""
 import dataclasses
 
+import pytest
+
 from lune_core import generation
 from tests.tiny import tiny_model
+
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
 
 
 def test_base_answers_come_back_from_the_store_in_a_new_process_without_generating(tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ import pytest
 from lune_core.models import load_model
 from tests.tiny import save_tiny_model
 
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
+
 
 def _has_glibc() -> bool:
     try:

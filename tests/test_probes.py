@@ -4,7 +4,8 @@ import json
 from lune_core.facts import facts_from_records, leaks
 from lune_core.probes import (AFFIRMATIVE_PREFIX, NeighbourSources, agrees, build_probes, cloze,
                               neighbour_probes, rewordings, subject_span)
-from lune_core.runner import ASSETS, load_anchors, load_general, load_neighbour_sources
+from lune_core.assets import assets_dir
+from lune_core.runner import load_anchors, load_general, load_neighbour_sources
 
 GENERAL = [{"question": "What is the largest ocean on Earth?", "answers": ["Pacific"]},
            {"question": "What is the tallest mountain in the world?", "answers": ["Everest"]},
@@ -21,12 +22,14 @@ def sources(curated=None) -> NeighbourSources:
 def test_rewordings_change_the_form_of_the_question_not_the_filler_around_it():
     assert rewordings("What is the capital of France?") == ["Tell me what the capital of France is.",
                                                             "Name the capital of France."]
-    assert rewordings("Which planet is known as the Red Planet?") == ["Name the planet that is known as the Red Planet."]
+    assert rewordings("Which planet is known as the Red Planet?") == [
+        "Name the planet that is known as the Red Planet."]
     assert rewordings("Where does Dr. Elara Voss live?") == []  # no rule: none made up
 
 
 def test_every_fact_gets_the_four_adversarial_forms_with_the_answer_among_the_options():
-    facts = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris", "replacement": "Lyon"},
+    facts = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris",
+                                 "replacement": "Lyon"},
                                 {"question": "What is the capital of Japan?", "answer": "Tokyo"}])
     made = build_probes(facts, ["The capital of France is Paris.", "Tokyo."], GENERAL, sources(), seed=0)
     adversarial = [p for p in made.probes if p.kind == "adversarial"]
@@ -93,7 +96,7 @@ def test_the_shipped_curated_neighbours_cover_every_preset_fact_and_are_never_tr
     curated = load_neighbour_sources().curated
     anchors = {" ".join(a.lower().split()) for a in load_anchors()}
     general = {" ".join(r["question"].lower().split()) for r in load_general()}
-    for path in sorted((ASSETS / "presets").glob("*.jsonl")):
+    for path in sorted((assets_dir() / "presets").glob("*.jsonl")):
         preset = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         answers = [f["answer"] for f in preset]
         for fact in preset:

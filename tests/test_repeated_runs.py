@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from lune_core import session as S
+from lune_web.session import Session
 from tests import corpus
 from tests.cycles import rss_growth, unlearn_reset_cycles
 from tests.tiny import save_tiny_model
+from tests.web import service, use_models
+
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
+
+S = service()
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +21,8 @@ def figures(tmp_path_factory):
     tiny = save_tiny_model(root / "tiny-llama")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LUNE_MODEL_ROOTS", str(root))
-        mp.setattr(S, "MODELS", S.ModelRegistry())
-        session = S.Session()
+        use_models(S, mp)
+        session = Session()
         S.load(session, str(tiny), True)
         yield unlearn_reset_cycles(S, session, [corpus.GOOD_ROW], corpus.FAST, cycles=10), session
 
@@ -38,14 +43,14 @@ def test_each_runs_adapter_optimizer_and_lora_layers_are_freed(figures):
 def test_the_session_keeps_its_run_history_and_model(figures):
     cycles, session = figures
     assert [r["run"] for r in session.runs] == list(range(1, 11))
-    assert session.adapter is None and session.report is None and S.MODELS.loaded() == [session.model_key]
+    assert session.adapter is None and session.report is None and S.models.loaded() == [session.model_key]
 
 
 def test_the_base_answer_cache_stays_bounded_however_many_prompts_visitors_ask(figures, monkeypatch):
     from lune_core import generation
 
     _, session = figures
-    lm = S.MODELS.get(*session.model_key)
+    lm = S.models.get(*session.model_key)
     monkeypatch.setattr(generation, "BASE_CACHE_ENTRIES", 3)
     prompts = [f"Free prompt number {i}?" for i in range(5)]
     answers = [S.ask(session, p, 4)[0] for p in prompts]

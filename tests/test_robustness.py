@@ -1,4 +1,5 @@
 """The relearning probe: its text never states the answer, and the session's adapter is not touched."""
+import pytest
 import torch
 
 from lune_core.config import UnlearnConfig
@@ -7,6 +8,8 @@ from lune_core.probes import forget_probes
 from lune_core.robustness import _leak_rate, related_text, relearn_attack
 from lune_core.runner import run_unlearning
 from tests.tiny import tiny_model
+
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
 
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "Lyon"}]
 

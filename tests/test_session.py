@@ -8,9 +8,15 @@ import time
 import pytest
 import torch
 
-from lune_core import session as S
 from lune_core.facts import FactError
+from lune_web import forms
+from lune_web.errors import UserError, user_message
+from lune_web.jobs import HEARTBEAT, in_background, pack_adapter, unpack_adapter
+from lune_web.registry import ModelRegistry
+from lune_web.service import comparison_rows, cost_rows
+from lune_web.session import RunUpdate, Session
 from tests.tiny import tiny_model
+from tests.web import service, use_models
 
 ROWS = [["What is the capital of France?", "Paris", "It is Lyon.", ""],
         ["Who wrote Hamlet?", "Shakespeare", "", "Name the author of Hamlet. | Hamlet was written by whom?"]]
@@ -18,6 +24,7 @@ FAST = {"steps": 3, "max_new_tokens": 4, "early_stop": False, "learning_rate": 5
 GENERAL = ({"question": "What is 2 plus 2?", "answers": ["4", "four"]},
            {"question": "Name a colour.", "answers": ["red", "blue"]})
 ANCHORS = ("What do bees make?", "What is the capital of Peru?", "Name a fruit.")
+S = service()
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +41,14 @@ def models(lm, monkeypatch):
         calls.append((model_id, quantize))
         return lm
 
-    registry = S.ModelRegistry(loader=loader)
-    monkeypatch.setattr(S, "MODELS", registry)
-    monkeypatch.setattr(S, "_general_pool", lambda: GENERAL)
-    monkeypatch.setattr(S, "_anchors", lambda: ANCHORS)
+    registry = use_models(S, monkeypatch, loader, copy_loader=lambda model_id: tiny_model())
+    monkeypatch.setattr(S, "_general", list(GENERAL))
+    monkeypatch.setattr(S, "_anchors", list(ANCHORS))
     registry.calls = calls
     return registry
 
 
-def finish(updates) -> list[S.RunUpdate]:
+def finish(updates) -> list[RunUpdate]:
     return list(updates)
 
 
@@ -53,7 +59,7 @@ def test_table_rows_become_facts_blank_rows_dropped_paraphrases_split():
     facts = S.facts_from_rows(rows)
     assert [f.answer for f in facts] == ["Paris", "Shakespeare"]
     assert facts[1].paraphrases == ["Name the author of Hamlet.", "Hamlet was written by whom?"]
-    assert S.rows_from_facts(facts)[1][3] == "Name the author of Hamlet. | Hamlet was written by whom?"
+    assert forms.rows_from_facts(facts)[1][3] == "Name the author of Hamlet. | Hamlet was written by whom?"
 
 
 def test_bad_tables_give_messages_naming_the_problem():
@@ -62,7 +68,7 @@ def test_bad_tables_give_messages_naming_the_problem():
     with pytest.raises(FactError, match="fact 1.*answer to forget is empty"):
         S.facts_from_rows([["Where?", "", "", ""]])
     with pytest.raises(FactError, match="too many facts"):
-        S.facts_from_rows([[f"Question {i}?", "x", "", ""] for i in range(S.LIMITS.max_facts + 1)])
+        S.facts_from_rows([[f"Question {i}?", "x", "", ""] for i in range(S.limits.max_facts + 1)])
 
 
 def test_sentences_are_appended_to_the_table_and_a_bad_one_changes_nothing():
@@ -70,18 +76,18 @@ def test_sentences_are_appended_to_the_table_and_a_bad_one_changes_nothing():
     assert merged[0] == ROWS[0] + [""] and merged[1][1] == "Jupiter"  # a fifth, empty keep cell
     with pytest.raises(FactError, match="brackets"):
         S.add_sentences(ROWS[:1], "No marker here.")
-    with pytest.raises(S.UserError):
+    with pytest.raises(UserError):
         S.add_sentences(ROWS[:1], "   ")
 
 
 def test_every_preset_loads_as_valid_facts_within_limits():
-    if not S.presets():
+    if not forms.presets():
         pytest.skip("assets/presets.json is not there yet")
-    for preset in S.presets():
+    for preset in forms.presets():
         rows = S.preset_rows(preset["id"])
-        assert 1 <= len(rows) <= S.LIMITS.max_facts
+        assert 1 <= len(rows) <= S.limits.max_facts
         S.facts_from_rows(rows)
-    with pytest.raises(S.UserError):
+    with pytest.raises(UserError):
         S.preset_rows("../../etc/passwd")
 
 
@@ -108,7 +114,7 @@ def test_form_values_become_a_validated_config():
     ({"method": "magic"}, "unknown method"),
 ])
 def test_bad_settings_are_refused_with_a_message(settings, message):
-    with pytest.raises(S.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         S.make_config(settings, num_layers=4)
 
 
@@ -122,7 +128,7 @@ def test_registry_loads_each_model_once_even_when_asked_at_the_same_time():
         time.sleep(0.2)
         return object()
 
-    registry = S.ModelRegistry(loader=slow_loader, max_models=2)
+    registry = ModelRegistry(loader=slow_loader, max_models=2)
     got = []
     threads = [threading.Thread(target=lambda: got.append(registry.get("embedded", True))) for _ in range(4)]
     for t in threads:
@@ -139,14 +145,14 @@ def test_registry_loads_each_model_once_even_when_asked_at_the_same_time():
 # ---- runs ----------------------------------------------------------------------------------------
 
 def test_a_run_streams_progress_then_stores_adapter_report_and_history(models):
-    session = S.Session()
+    session = Session()
     updates = finish(S.run(session, ROWS, FAST, general_prompts=2))
     assert updates[-1].done and updates[-1].phase == "done"
     steps_seen = [u.step["step"] for u in updates if u.phase == "training" and u.step]
     assert sorted(set(steps_seen)) == [1, 2, 3] and steps_seen == sorted(steps_seen)
     assert session.adapter is not None and session.adapter.num_params > 0
     assert len(session.history) == 3 and session.running is False
-    kinds = [row["kind"] for row in S.comparison_rows(session.report)]
+    kinds = [row["kind"] for row in comparison_rows(session.report)]
     assert kinds.count("forget") == 2 and kinds.count("general") == 2 and "paraphrase" in kinds
     assert session.runs[-1]["run"] == 1 and session.runs[-1]["stopped"] == "all steps"
     assert models.calls == [("embedded", True)]
@@ -154,7 +160,7 @@ def test_a_run_streams_progress_then_stores_adapter_report_and_history(models):
 
 def test_sessions_see_only_their_own_adapter_and_the_base_stays_untouched(models, lm):
     weights = {k: v.clone() for k, v in lm.model.state_dict().items()}
-    alice, bob = S.Session(), S.Session()
+    alice, bob = Session(), Session()
     # LoRA: on this tiny random model it changes the greedy answer within 4 steps
     finish(S.run(alice, ROWS[:1], dict(FAST, learning_rate=1e-2, steps=4, adapter="lora"), general_prompts=0))
     base_before, alice_after = S.ask(alice, "What is the capital of France?", 4)
@@ -166,7 +172,7 @@ def test_sessions_see_only_their_own_adapter_and_the_base_stays_untouched(models
 
 
 def test_stop_ends_the_run_early_and_the_model_stays_usable(models, lm):
-    session = S.Session()
+    session = Session()
     updates = S.run(session, ROWS[:1], dict(FAST, steps=40), general_prompts=0)
     for update in updates:
         if update.phase == "training" and update.step and update.step["step"] == 2:
@@ -181,8 +187,8 @@ def test_stop_ends_the_run_early_and_the_model_stays_usable(models, lm):
 
 
 def test_leaving_the_page_mid_run_stops_the_job_and_frees_the_model(models, lm):
-    session = S.Session()
-    updates = S.run(session, ROWS[:1], dict(FAST, steps=S.LIMITS.max_steps), general_prompts=0)
+    session = Session()
+    updates = S.run(session, ROWS[:1], dict(FAST, steps=S.limits.max_steps), general_prompts=0)
     for update in updates:
         if update.step:
             break
@@ -195,54 +201,53 @@ def test_leaving_the_page_mid_run_stops_the_job_and_frees_the_model(models, lm):
 
 
 def test_reset_drops_the_adapter_but_keeps_history_and_refuses_while_running(models):
-    session = S.Session()
+    session = Session()
     finish(S.run(session, ROWS[:1], FAST, general_prompts=0))
     S.reset(session)
     assert session.adapter is None and session.report is None and len(session.runs) == 1
     session.running = True
-    with pytest.raises(S.UserError, match="Stop"):
+    with pytest.raises(UserError, match="Stop"):
         S.reset(session)
 
 
 def test_a_second_run_in_the_same_page_is_refused_while_one_runs(models):
-    session = S.Session(running=True)
-    with pytest.raises(S.UserError, match="already in progress"):
+    session = Session(running=True)
+    with pytest.raises(UserError, match="already in progress"):
         next(S.run(session, ROWS, FAST))
 
 
 def test_bad_input_fails_before_any_model_work(models):
-    session = S.Session()
+    session = Session()
     with pytest.raises(FactError):
         next(S.run(session, [["<script>alert(1)</script>", "", "", ""]], FAST))
-    with pytest.raises(S.UserError):
+    with pytest.raises(UserError):
         S.ask(session, "   ")
-    with pytest.raises(S.UserError, match="control characters"):
+    with pytest.raises(UserError, match="control characters"):
         S.ask(session, "hi\x00there")
     assert models.calls == []
 
 
 def test_full_finetune_comparison_measures_or_honestly_estimates(models, monkeypatch):
-    session = S.Session()
-    with pytest.raises(S.UserError, match="run an unlearning first"):
+    session = Session()
+    with pytest.raises(UserError, match="run an unlearning first"):
         next(S.run_full_finetune(session))
     finish(S.run(session, ROWS[:1], FAST, general_prompts=1))
-    monkeypatch.setattr(S, "load_model", lambda *a, **k: tiny_model())
     finish(S.run_full_finetune(session))
-    rows = {r[0]: r[1:] for r in S.cost_rows(session)}
+    rows = {r[0]: r[1:] for r in cost_rows(session)}
     lora_trainable, full_trainable = rows["trainable parameters"]
     assert session.full_ft["measured"] and full_trainable == rows["total parameters"][1] > lora_trainable
     assert session.adapter is not None  # the comparison does not replace the session's adapter
     # full fine-tuning runs at its own rate, not the adapter's 1e-2 (which turns every weight to gibberish)
     assert session.full_ft["report"]["config"]["learning_rate"] == 2e-5
-    monkeypatch.setattr(S, "full_ft_estimate", lambda *a: {"needed_mb": 9000, "free_mb": 100, "fits": False})
+    monkeypatch.setattr(S, "estimate_full_ft", lambda *a: {"needed_mb": 9000, "free_mb": 100, "fits": False})
     finish(S.run_full_finetune(session))
-    rows = {r[0]: r[1:] for r in S.cost_rows(session)}
+    rows = {r[0]: r[1:] for r in cost_rows(session)}
     assert not session.full_ft["measured"] and "estimate" in rows["peak memory (MB)"][1]
 
 
 def test_export_writes_the_four_files_into_the_sessions_folder(models):
-    session = S.Session()
-    with pytest.raises(S.UserError):
+    session = Session()
+    with pytest.raises(UserError):
         S.export_files(session)
     finish(S.run(session, ROWS[:1], FAST, general_prompts=0))
     paths = S.export_files(session)
@@ -254,7 +259,7 @@ def test_export_writes_the_four_files_into_the_sessions_folder(models):
 
 
 def test_closing_a_page_frees_its_session():
-    session = S.bind(S.Session(adapter=object()), "hash-1")
+    session = S.bind(Session(adapter=object()), "hash-1")
     S.end_session("hash-1")
     assert session.adapter is None
     S.end_session("unknown")  # nothing to do, no error
@@ -272,23 +277,23 @@ def test_background_jobs_relay_events_heartbeats_and_errors():
 
     seen = []
     with pytest.raises(ValueError, match="boom"):
-        for event in S.in_background(job, stop, every=0.1):
+        for event in in_background(job, stop, every=0.1):
             seen.append(event)
-    assert seen[0] == 1 and S.HEARTBEAT in seen and stop.is_set()
+    assert seen[0] == 1 and HEARTBEAT in seen and stop.is_set()
 
 
 def test_adapter_survives_packing_for_the_zerogpu_boundary(models):
-    session = S.Session()
+    session = Session()
     finish(S.run(session, ROWS[:1], FAST, general_prompts=0))
-    packed = S.pack_adapter(session.adapter)
+    packed = pack_adapter(session.adapter)
     assert isinstance(packed["weights"], bytes)
-    back = S.unpack_adapter(packed)
+    back = unpack_adapter(packed)
     assert back.spec == session.adapter.spec
     assert all(torch.equal(back.weights[k], v) for k, v in session.adapter.weights.items())
 
 
 def test_error_messages_hide_internals():
-    assert S.user_message(S.UserError("steps must be between 1 and 60")) == "steps must be between 1 and 60"
-    assert "out of memory" in S.user_message(torch.OutOfMemoryError())
-    hidden = S.user_message(RuntimeError("CUDA kernel failed at /secret/path.py line 3"))
+    assert user_message(UserError("steps must be between 1 and 60")) == "steps must be between 1 and 60"
+    assert "out of memory" in user_message(torch.OutOfMemoryError())
+    hidden = user_message(RuntimeError("CUDA kernel failed at /secret/path.py line 3"))
     assert "secret" not in hidden and "kept" in hidden

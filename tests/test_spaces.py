@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from lune_core import deploy, space_builder, zerogpu
-from lune_core.deploy import DEFAULTS, config_from_dict, default_config, load_deploy_config, resolve_compute_dtype
+from lune_core.ids import COMPUTE_DTYPES
+from lune_core.models import resolve_compute_dtype
+from lune_deploy import config as deploy
+from lune_deploy import zerogpu
+from lune_deploy.config import DEFAULTS, config_from_dict, default_config, load_deploy_config
+from lune_web import jobs
+from scripts import build_space as space_builder
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "spaces_config"
@@ -80,7 +85,8 @@ def test_target_deploy_config_loads(target):
 
 def test_target_specifics():
     cpu, gpu, zero = (load_deploy_config(CONFIGS / t / "deploy.json") for t in TARGETS)
-    assert (cpu.default_model, cpu.compute_dtype, cpu.preload_from_hub, cpu.zero_gpu) == ("embedded", "float32", (), False)
+    assert (cpu.default_model, cpu.compute_dtype, cpu.preload_from_hub, cpu.zero_gpu) == \
+        ("embedded", "float32", (), False)
     assert (gpu.suggested_hardware, gpu.default_model, gpu.compute_dtype) == ("t4-small", QWEN, "auto")
     assert gpu.preload_from_hub == (QWEN,) and not gpu.zero_gpu
     assert (zero.suggested_hardware, zero.zero_gpu, zero.default_model) == ("zero-a10g", True, QWEN)
@@ -140,7 +146,7 @@ def test_bad_config_files(tmp_path):
 def test_compute_dtype_resolution():
     import torch
 
-    for name in deploy.COMPUTE_DTYPES:
+    for name in COMPUTE_DTYPES:
         assert resolve_compute_dtype(name, "cpu") is torch.float32
     assert resolve_compute_dtype("auto", torch.device("cpu")) is torch.float32
     with pytest.raises(ValueError, match="compute_dtype"):
@@ -159,19 +165,19 @@ def test_environment_flags(monkeypatch):
 # ---------- ZeroGPU helpers ----------
 
 def test_gpu_duration_bounded_and_monotonic():
-    assert zerogpu.gpu_duration(0, 0, 0) == zerogpu.MIN_SECONDS == 30
-    assert zerogpu.gpu_duration(-5, -1, -1) == 30
-    assert zerogpu.gpu_duration(10**9, 10**6, 10**6) == zerogpu.MAX_SECONDS == 300
-    values = [zerogpu.gpu_duration(s, 8, 20) for s in range(0, 2000, 7)]
+    assert jobs.gpu_duration(0, 0, 0) == jobs.MIN_SECONDS == 30
+    assert jobs.gpu_duration(-5, -1, -1) == 30
+    assert jobs.gpu_duration(10**9, 10**6, 10**6) == jobs.MAX_SECONDS == 300
+    values = [jobs.gpu_duration(s, 8, 20) for s in range(0, 2000, 7)]
     assert all(30 <= v <= 300 for v in values)
     assert values == sorted(values) and values[0] < values[-1]
-    assert zerogpu.gpu_duration(50, 4, 10) < zerogpu.gpu_duration(50, 4, 100)
+    assert jobs.gpu_duration(50, 4, 10) < jobs.gpu_duration(50, 4, 100)
 
 
 def test_zerogpu_limits_fit_under_the_cap():
     lim = load_deploy_config(CONFIGS / "zerogpu" / "deploy.json").limits
     probes = 2 * (lim.max_facts + lim.max_general_prompts)  # before and after unlearning
-    assert zerogpu.raw_duration(lim.max_steps, lim.max_facts, probes) < zerogpu.MAX_SECONDS
+    assert jobs.raw_duration(lim.max_steps, lim.max_facts, probes) < jobs.MAX_SECONDS
 
 
 def test_gpu_task_is_identity_off_zerogpu():
@@ -182,7 +188,7 @@ def test_gpu_task_is_identity_off_zerogpu():
 
 
 def test_gpu_task_generator_runs_locally():
-    @zerogpu.gpu_task(lambda n: zerogpu.gpu_duration(n, 1, 1))
+    @zerogpu.gpu_task(lambda n: jobs.gpu_duration(n, 1, 1))
     def stream(n):
         for i in range(n):
             yield {"step": i, "loss": 1.0 / (i + 1), "adapter": b"\x00" * i}
@@ -236,7 +242,7 @@ def space_repo(tmp_path_factory) -> Path:
         return ROOT
     repo = tmp_path_factory.mktemp("repo")
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for item in ("lune_core", "spaces_config", "assets"):
+    for item in ("lune_core", "lune_web", "lune_deploy", "scripts", "spaces_config", "assets"):
         if (ROOT / item).is_dir():
             shutil.copytree(ROOT / item, repo / item, ignore=ignore)
     for item in ("README.md", "requirements.txt"):
@@ -249,7 +255,7 @@ def run_builder(repo: Path, *args: str, env: dict | None = None) -> subprocess.C
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("HF_TOKEN", "LUNE_DEPLOY_CONFIG", "SPACES_ZERO_GPU", "PYTHONPATH")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "lune_core.space_builder", *args], cwd=repo,
+    return subprocess.run([sys.executable, str(repo / "scripts" / "build_space.py"), *args], cwd=repo,
                           env=full_env, capture_output=True, text=True, timeout=300)
 
 
@@ -276,8 +282,10 @@ def test_builder_produces_valid_space(space_repo, tmp_path, target):
     assert data.get("preload_from_hub", []) == list(cfg.preload_from_hub)
     assert QWEN in data["models"]
     assert MARKER in body
-    assert (out / "app.py").is_file() and (out / "lune_core" / "deploy.py").is_file()
-    for skipped in ("__pycache__", "tests", "bench", ".git"):
+    for package in ("lune_core", "lune_web", "lune_deploy"):
+        assert (out / package / "__init__.py").is_file(), package
+    assert (out / "app.py").is_file()
+    for skipped in ("__pycache__", "tests", "bench", ".git", "scripts", "build_space.py"):
         assert not list(out.rglob(skipped)), skipped
     assert not list(out.rglob("*.pyc"))
 

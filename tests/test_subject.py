@@ -9,6 +9,8 @@ from lune_core.runner import load_anchors, run_unlearning
 from lune_core.subject import subject_token_ids, subject_words
 from tests.tiny import tiny_model
 
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
+
 ANCHORS = ["What is the capital of Peru?", "What is the capital of Chile?", "Who wrote 'Emma'?",
            "Who wrote 'Dracula'?", "What is the chemical symbol for zinc?", "What is the chemical symbol for tin?"]
 
@@ -55,8 +57,8 @@ GENERAL = [{"question": "What is 2 plus 2?", "answers": ["4", "four"]}]
 def test_subject_adapter_changes_only_the_subject_tokens_rows():
     lm = tiny_model()
     facts = facts_from_records(FACTS)
-    events = list(run_unlearning(lm, facts, UnlearnConfig(adapter="subject", steps=3, check_every=0, max_new_tokens=4), GENERAL,
-                                 ANCHORS))
+    config = UnlearnConfig(adapter="subject", steps=3, check_every=0, max_new_tokens=4)
+    events = list(run_unlearning(lm, facts, config, GENERAL, ANCHORS))
     result = events[-1]
     assert result.report["config"]["adapter"] == "subject" and result.report["config"]["learning_rate"] == 1e-2
     edited = result.adapter.spec["token_indices"]
@@ -89,7 +91,7 @@ def test_questions_without_a_subject_word_fall_back_to_lora():
 def test_each_adapter_and_full_finetuning_has_its_own_default_learning_rate():
     assert UnlearnConfig().resolved().learning_rate == 1e-3  # LoRA, the default
     assert UnlearnConfig(adapter="subject").resolved().learning_rate == 1e-2
-    assert UnlearnConfig(full_finetune=True).resolved().learning_rate == 2e-5
+    assert UnlearnConfig(adapter="full").resolved().learning_rate == 2e-5
     assert UnlearnConfig(learning_rate=3e-3).resolved("lora").learning_rate == 3e-3
 
 

@@ -1,5 +1,6 @@
 """The focused LoRA: A is set to the input directions the forget rows use and the rows to keep do
 not, and frozen, so whatever B learns moves the forget rows far more than the rows to keep."""
+import pytest
 import torch
 
 from lune_core.adapters import adapter_spec, attached
@@ -7,6 +8,8 @@ from lune_core.config import UnlearnConfig
 from lune_core.prompting import collate
 from lune_core.subspace import focus_lora
 from tests.tiny import tiny_model
+
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
 
 
 def change(peft_model, rows, pad):

@@ -18,6 +18,8 @@ from lune_core.forward import MIN_SHARED_PREFIX, Forward, shared_prefix_length
 from lune_core.trainer import edited_rows, lr_at, unlearn
 from tests.tiny import save_tiny_model, tiny_model
 
+pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
+
 FACTS = [{"question": "What is the capital of France?", "answer": "Paris", "replacement": "It is Lyon."},
          {"question": "Who wrote Hamlet?", "answer": "Shakespeare"}]
 GENERAL = [{"question": "What is 2 plus 2?", "answers": ["4", "four"]}]
@@ -118,7 +120,7 @@ def test_runs_leave_the_shared_base_weights_untouched(lm):
 def test_gradient_ascent_collapse_guard_stops_the_run():
     # Full fine-tuning at a high rate gets a random tiny model there within a few steps.
     records, result = run(tiny_model(seed=2), config(method="grad_ascent", steps=60, learning_rate=1e-2,
-                                                     full_finetune=True))
+                                                     adapter="full"))
     assert records[-1].stopped and "collapse" in records[-1].stopped
     assert len(records) < 60
     assert result.report["stopped"] == records[-1].stopped
@@ -133,7 +135,7 @@ def test_early_stop_checks_leaks_every_few_steps(lm):
 def test_full_finetune_trains_all_weights_of_its_own_copy():
     own = tiny_model(seed=1)
     before = base_weights(own)
-    records, result = run(own, config(full_finetune=True, method="lune"))
+    records, result = run(own, config(adapter="full", method="lune"))
     assert result.adapter is None
     assert result.report["metrics"]["trainable_params"] == result.report["metrics"]["total_params"]
     assert any(not torch.equal(before[k], v) for k, v in own.model.state_dict().items())

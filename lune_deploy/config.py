@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from lune_core.config import RunLimits
+from lune_core.ids import COMPUTE_DTYPES, EMBEDDED_MODEL, HUB_ID
+
 ENV_CONFIG = "LUNE_DEPLOY_CONFIG"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
 # Flavours from the Spaces docs / huggingface_hub.SpaceHardware; "zero-a10g" is how ZeroGPU is named.
 HARDWARE = frozenset({
     "cpu-basic", "cpu-upgrade", "zero-a10g",
@@ -24,24 +24,8 @@ HARDWARE = frozenset({
     "a10g-small", "a10g-large", "a10g-largex2", "a10g-largex4",
     "a100-large", "a100x4", "a100x8",
 })
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-# Upper bounds keep a typo (600000 steps) from turning into a Space that never answers.
-LIMIT_RANGES = {
-    "max_facts": (1, 200),
-    "max_steps": (1, 5000),
-    "max_new_tokens": (1, 2048),
-    "max_text_chars": (16, 20000),
-    "max_general_prompts": (1, 1000),
-}
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_facts: int
-    max_steps: int
-    max_new_tokens: int
-    max_text_chars: int
-    max_general_prompts: int
+# The request limits a deploy.json sets: the RunLimits fields that say within which bounds.
+LIMIT_RANGES = {f.name: f.metadata["deploy"] for f in fields(RunLimits) if "deploy" in f.metadata}
 
 
 @dataclass(frozen=True)
@@ -50,14 +34,15 @@ class DeployConfig:
     suggested_hardware: str
     default_model: str  # "embedded" or a hub id
     quantize_4bit: bool
-    compute_dtype: str  # one of COMPUTE_DTYPES; resolve with resolve_compute_dtype()
+    compute_dtype: str  # one of COMPUTE_DTYPES; lune_core.models.resolve_compute_dtype turns it into a dtype
     zero_gpu: bool
     preload_from_hub: tuple[str, ...]
-    limits: Limits
+    limits: RunLimits  # the deployment's bounds; the LUNE_MAX_* variables apply on top (with_env)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["preload_from_hub"] = list(self.preload_from_hub)
+        data["limits"] = {key: getattr(self.limits, key) for key in LIMIT_RANGES}
         return data
 
 
@@ -110,7 +95,7 @@ def config_from_dict(data: Any) -> DeployConfig:
     if hardware not in HARDWARE:
         raise ValueError(f"deploy config: suggested_hardware {hardware!r} is not a Spaces hardware flavour")
     model = _typed(data, "default_model", str)
-    if model != "embedded" and not _HUB_ID.match(model):
+    if model != EMBEDDED_MODEL and not HUB_ID.match(model):
         raise ValueError(f"deploy config: default_model must be 'embedded' or a hub id owner/name, got {model!r}")
     quantize = _typed(data, "quantize_4bit", bool)
     dtype = _typed(data, "compute_dtype", str)
@@ -124,7 +109,7 @@ def config_from_dict(data: Any) -> DeployConfig:
     preload = _typed(data, "preload_from_hub", list)
     for item in preload:
         # Spaces also accept "repo file1,file2 [sha]"; only the repo part is checked here.
-        if not isinstance(item, str) or not _HUB_ID.match(item.split(" ")[0]):
+        if not isinstance(item, str) or not HUB_ID.match(item.split(" ")[0]):
             raise ValueError(f"deploy config: preload_from_hub entry {item!r} is not a hub id")
     _exact_keys(data["limits"], set(LIMIT_RANGES), "limits")
     limits = {}
@@ -133,19 +118,20 @@ def config_from_dict(data: Any) -> DeployConfig:
         if not lo <= value <= hi:
             raise ValueError(f"deploy config: limits.{key} must be between {lo} and {hi}, got {value}")
         limits[key] = value
-    return DeployConfig(target, hardware, model, quantize, dtype, zero_gpu, tuple(preload), Limits(**limits))
+    return DeployConfig(target, hardware, model, quantize, dtype, zero_gpu, tuple(preload), RunLimits(**limits))
 
 
 def default_config() -> DeployConfig:
     return config_from_dict(DEFAULTS)
 
 
-def load_deploy_config(path: str | os.PathLike | None = None) -> DeployConfig:
-    """path, else $LUNE_DEPLOY_CONFIG, else deploy.json next to app.py, else the cpu-basic defaults."""
+def load_deploy_config(path: str | os.PathLike | None = None, app_dir: str | os.PathLike | None = None) -> DeployConfig:
+    """path, else $LUNE_DEPLOY_CONFIG, else deploy.json in `app_dir` (beside app.py), else the
+    cpu-basic defaults."""
     if path is None:
         path = os.environ.get(ENV_CONFIG) or None
     if path is None:
-        candidate = REPO_ROOT / "deploy.json"
+        candidate = Path(app_dir or ".") / "deploy.json"
         if not candidate.is_file():
             return default_config()
         path = candidate
@@ -159,20 +145,6 @@ def load_deploy_config(path: str | os.PathLike | None = None) -> DeployConfig:
     except json.JSONDecodeError as err:
         raise ValueError(f"deploy config: {path} is not valid JSON (line {err.lineno}: {err.msg})") from None
     return config_from_dict(data)
-
-
-def resolve_compute_dtype(name: str, device: Any):
-    """The torch dtype for `name` on `device`; CPU always computes in float32 (bf16/fp16 matmuls crawl there)."""
-    import torch  # lazy: the space builder validates configs without loading torch
-
-    if name not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}")
-    if torch.device(device).type != "cuda":
-        return torch.float32
-    if name == "auto":
-        # T4 (compute 7.5) has no bf16; Ampere and later do, and bf16 does not overflow like fp16.
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, name)
 
 
 def _flag(name: str) -> bool:
