@@ -44,7 +44,7 @@ def adapter_spec(config: UnlearnConfig, num_layers: int, token_ids: list[int] | 
     return {
         "kind": "lora",
         "r": config.lora_rank,
-        "lora_alpha": config.lora_alpha,
+        "lora_alpha": config.resolved().lora_alpha,
         "lora_dropout": config.lora_dropout,
         "target_modules": list(config.target_modules),
         "layers_to_transform": lora_layers(config, num_layers),

@@ -6,9 +6,8 @@ import os
 import sys
 from dataclasses import fields
 
-from .config import DEFAULT_LEARNING_RATES, RunLimits, UnlearnConfig, parse_layers, validate_config
+from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .facts import FactError, load_facts, parse_sentences, validate_facts
-from .losses import UNLEARNING_METHODS
 from .ids import EMBEDDED_MODEL
 from .models import ModelLoadError, short_message
 
@@ -33,24 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--general", help="JSON Lines: question, answers (default: the shipped set)")
     run.add_argument("--general-limit", type=int, default=None, help="use only the first N general questions")
     run.add_argument("--model", default=EMBEDDED_MODEL, help="'embedded', a hub id or an allowed local folder")
-    run.add_argument("--method", default="lune", help=f"one of: {', '.join(UNLEARNING_METHODS)}")
-    run.add_argument("--steps", type=int, default=UnlearnConfig.steps)
-    run.add_argument("--adapter", default=UnlearnConfig.adapter,
-                     help="lora: LoRA on a band of layers (default); subject: the embeddings of the tokens naming "
-                          "each fact's subject; full: every weight of a full-precision copy (the full "
-                          "fine-tuning baseline)")
-    run.add_argument("--lr", type=float, default=None,
-                     help="learning rate (default: "
-                     + ", ".join(f"{v:g} {k}" for k, v in DEFAULT_LEARNING_RATES.items()) + ")")
-    run.add_argument("--rank", type=int, default=UnlearnConfig.lora_rank, help="LoRA rank (--adapter lora)")
-    run.add_argument("--seed", type=int, default=UnlearnConfig.seed)
-    run.add_argument("--layers", default="", help="layers with LoRA (--adapter lora), e.g. 8-20 or 4,6,8 "
-                                                  "(default: the middle band)")
-    run.add_argument("--max-new-tokens", type=int, default=UnlearnConfig.max_new_tokens)
+    for f in fields(UnlearnConfig):  # every setting with a flag of its own, from the config's field metadata
+        if "flag" not in f.metadata:
+            continue
+        if _base_type(f) == "bool":
+            run.add_argument(f.metadata["flag"], dest=f.name, action="store_true", help=f.metadata["help"])
+        else:
+            run.add_argument(f.metadata["flag"], dest=f.name, default=None, help=f.metadata["help"],
+                             type={"int": int, "float": float}.get(_base_type(f), str))
     run.add_argument("--no-early-stop", action="store_true", help="always run all steps")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    run.add_argument("--gradient-checkpointing", action="store_true",
-                     help="recompute activations in the backward pass: less memory, slower steps")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                      help="any other setting of lune_core.config.UnlearnConfig, e.g. --set lora_dropout=0.05 "
                           "--set layer_band=0,1 (repeatable; applied after the flags above)")
@@ -63,11 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _base_type(f) -> str:
+    """'int' for 'int | None', 'tuple' for 'tuple[float, float]': how a typed value is parsed."""
+    return str(f.type).split("|")[0].split("[")[0].strip()
+
+
 def _config(args) -> UnlearnConfig:
-    kwargs = dict(method=args.method, adapter=args.adapter, steps=args.steps, learning_rate=args.lr,
-                  lora_rank=args.rank, lora_alpha=2 * args.rank, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                  layers=parse_layers(args.layers),
-                  gradient_checkpointing=args.gradient_checkpointing)
+    kwargs = {}
+    for f in fields(UnlearnConfig):
+        value = getattr(args, f.name, None) if "flag" in f.metadata else None
+        if value not in (None, False):
+            kwargs[f.name] = parse_layers(value) if f.metadata.get("parse") == "layers" else value
     if args.no_early_stop:
         kwargs["check_every"] = 0
     kwargs.update(parse_settings(args.set))
@@ -75,30 +72,25 @@ def _config(args) -> UnlearnConfig:
 
 
 def parse_settings(items: list[str]) -> dict:
-    """FIELD=VALUE pairs typed by the config field's default: numbers, true/false, comma lists."""
-    defaults = UnlearnConfig()
+    """FIELD=VALUE pairs parsed by the config field's type: numbers, true/false, comma lists."""
     out = {}
+    known = {f.name: f for f in fields(UnlearnConfig)}
     for item in items:
         name, sep, raw = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in {f.name for f in fields(UnlearnConfig)}:
+        name, raw = name.strip().replace("-", "_"), raw.strip()
+        if not sep or name not in known:
             raise UsageError(f"--set {item[:40]!r}: expected FIELD=VALUE with a field of UnlearnConfig")
-        default, raw = getattr(defaults, name), raw.strip()
+        kind = str(known[name].type)
         try:
             if raw.lower() in ("none", ""):
                 value = None
-            elif isinstance(default, bool):
+            elif _base_type(known[name]) == "bool":
                 value = {"true": True, "false": False}[raw.lower()]
-            elif isinstance(default, int):
-                value = int(raw)
-            elif isinstance(default, float) or name == "learning_rate":
-                value = float(raw)
-            elif isinstance(default, tuple) or name == "layers":
-                parts = [p.strip() for p in raw.split(",") if p.strip()]
-                value = tuple(float(p) if name == "layer_band" else (int(p) if name == "layers" else p)
-                              for p in parts)
+            elif _base_type(known[name]) == "tuple":
+                item_type = float if "float" in kind else int if "int" in kind else str
+                value = tuple(item_type(p.strip()) for p in raw.split(",") if p.strip())
             else:
-                value = raw
+                value = {"int": int, "float": float}.get(_base_type(known[name]), str)(raw)
         except (KeyError, ValueError):
             raise UsageError(f"--set {name}: {raw[:20]!r} is not a valid value") from None
         out[name] = value

@@ -6,7 +6,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .losses import METHODS
+from .losses import METHODS, UNLEARNING_METHODS
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # What a run trains. "lora": LoRA on the projections of a band of layers (LUNE's adapter, the
@@ -24,25 +24,34 @@ DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "full": 2e-5}
 class UnlearnConfig:
     """Settings of one unlearning run. Defaults make a 1-3 fact run on SmolLM2-135M succeed untuned."""
 
-    method: str = "lune"  # a key of lune_core.losses.METHODS
+    # "flag": the command-line flag that sets the field (lune_core.cli builds its arguments from it).
+    method: str = field(default="lune", metadata={"flag": "--method",
+                        "help": "one of: " + ", ".join(UNLEARNING_METHODS)})
     # LoRA, focused (focus_ridge) and held on the facts' neighbours (neighbour_anchors): the variants
     # tried and their figures are in docs/locality_trials.md. A "subject" run where no question has a
     # subject word falls back to "lora".
-    adapter: str = "lora"
-    steps: int = 30  # upper bound; the run stops earlier once the facts stop leaking
-    learning_rate: float | None = None  # None: DEFAULT_LEARNING_RATES for the adapter
+    adapter: str = field(default="lora", metadata={"flag": "--adapter", "help": "lora (default): LoRA on a band of "
+                         "layers; subject: the embeddings of the tokens naming each fact's subject; full: every "
+                         "weight of a full-precision copy (the full fine-tuning baseline)"})
+    # an upper bound; the run stops earlier once the facts stop leaking
+    steps: int = field(default=30, metadata={"flag": "--steps", "help": "at most this many steps"})
+    learning_rate: float | None = field(default=None, metadata={"flag": "--lr", "help": "learning rate (default: "
+                                        + ", ".join(f"{v:g} {k}" for k, v in DEFAULT_LEARNING_RATES.items()) + ")"})
     weight_decay: float = 0.01
     warmup_fraction: float = 0.05
     schedule: str = "cosine"  # of the learning rate: "cosine" (after warm-up) or "constant"
     max_grad_norm: float = 1.0
-    lora_rank: int = 8
-    lora_alpha: int = 16
+    lora_rank: int = field(default=8, metadata={"flag": "--rank", "help": "LoRA rank (--adapter lora)"})
+    lora_alpha: int | None = None  # None: twice the rank
     lora_dropout: float = 0.0  # dropout only adds noise to a 20-step run
     target_modules: tuple[str, ...] = ALL_PROJECTIONS
     # Fractions of depth: LoRA sits on a middle band of layers, where factual recall lives,
     # so early token processing and the final read-out stay untouched.
     layer_band: tuple[float, float] = (0.25, 0.75)
-    layers: tuple[int, ...] | None = None  # explicit layer indices override layer_band
+    # explicit layer indices override layer_band
+    layers: tuple[int, ...] | None = field(default=None, metadata={
+        "flag": "--layers", "parse": "layers",
+        "help": "layers with LoRA, e.g. 8-20 or 4,6,8 (default: the middle band)"})
     suppress_layer: int | None = None  # None: the top layer of the LoRA band
     suppress_weight: float = 0.5  # lune_misdirect and lune_suppress
     steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
@@ -65,20 +74,22 @@ class UnlearnConfig:
     # Early stop also needs the answer's tokens this unlikely (nats), so that rewordings of the
     # question, which the run never sees, are pushed past the tipping point too.
     stop_answer_nll: float = 4.0
-    max_new_tokens: int = 32
-    seed: int = 0
+    max_new_tokens: int = field(default=32, metadata={"flag": "--max-new-tokens", "help": "answer length in tokens"})
+    seed: int = field(default=0, metadata={"flag": "--seed", "help": "seed of every random choice of the run"})
     # Recompute each layer's activations in the backward pass instead of keeping them: less
     # memory for more compute.
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "flag": "--gradient-checkpointing", "help": "recompute activations in the backward pass: less memory, slower"})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def resolved(self, adapter: str | None = None) -> "UnlearnConfig":
-        """This config with the adapter actually used and a learning rate filled in."""
+        """This config with the adapter actually used, and the learning rate and LoRA alpha filled in."""
         adapter = adapter or self.adapter
         lr = DEFAULT_LEARNING_RATES[adapter] if self.learning_rate is None else self.learning_rate
-        return replace(self, adapter=adapter, learning_rate=lr)
+        alpha = 2 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
+        return replace(self, adapter=adapter, learning_rate=lr, lora_alpha=alpha)
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
@@ -148,7 +159,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
           f"learning rate must be above 0 and at most {limits.max_learning_rate}")
     check(isinstance(config.lora_rank, int) and 1 <= config.lora_rank <= limits.max_lora_rank,
           f"LoRA rank must be an integer between 1 and {limits.max_lora_rank}")
-    check(config.lora_alpha > 0, "LoRA alpha must be positive")
+    check(config.lora_alpha is None or config.lora_alpha > 0, "LoRA alpha must be positive")
     check(0 <= config.lora_dropout < 1, "LoRA dropout must be in [0, 1)")
     check(isinstance(config.max_new_tokens, int) and 1 <= config.max_new_tokens <= limits.max_new_tokens,
           f"max new tokens must be between 1 and {limits.max_new_tokens}")

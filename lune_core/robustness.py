@@ -21,7 +21,7 @@ from .memory import free_memory
 from .models import LoadedModel, cache_dir, load_model
 from .probes import forget_probes, rewordings
 from .prompting import encode_pair
-from .examples import TrainingData
+from .sequences import TrainingData
 from .trainer import unlearn
 
 

@@ -16,7 +16,7 @@ from .adapters import AdapterState, adapter_spec, attached, snapshot
 from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import answer_logprobs, compute_metrics, likelihood_metrics, score_probes, token_logprobs
-from .examples import answer_sequences, build_training_data
+from .sequences import answer_sequences, build_training_data
 from .facts import Fact, FactError, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory

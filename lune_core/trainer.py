@@ -11,7 +11,7 @@ import torch
 
 from .config import UnlearnConfig, suppression_layer
 from .cost import MemoryMeter
-from .examples import TrainingData
+from .sequences import TrainingData
 from .facts import Fact, leaks
 from .generation import generate
 from .forward import Forward

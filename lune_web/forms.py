@@ -110,7 +110,7 @@ def prompt_text(question: str, limits: RunLimits) -> str:
 
 def make_config(settings: dict, num_layers: int, limits: RunLimits) -> UnlearnConfig:
     """UnlearnConfig from the form's values (numbers arrive as floats or None). The form sets the
-    fields of SETTING_FIELDS and `early_stop`; LoRA alpha follows the rank (alpha = 2 rank)."""
+    fields of SETTING_FIELDS and `early_stop`; LoRA alpha follows the rank (UnlearnConfig.resolved)."""
     default = UnlearnConfig()
     unknown = set(settings) - set(SETTING_FIELDS) - {"early_stop"}
     if unknown:
@@ -131,7 +131,7 @@ def make_config(settings: dict, num_layers: int, limits: RunLimits) -> UnlearnCo
         raise UserError(str(err)) from None
     config = UnlearnConfig(
         method=str(settings.get("method") or default.method), adapter=str(settings.get("adapter") or default.adapter),
-        learning_rate=lr, layers=layers, lora_alpha=2 * values["lora_rank"],
+        learning_rate=lr, layers=layers,
         check_every=default.check_every if settings.get("early_stop", True) else 0, **values)
     try:
         validate_config(config, num_layers, limits)

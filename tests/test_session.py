@@ -96,7 +96,8 @@ def test_every_preset_loads_as_valid_facts_within_limits():
 def test_form_values_become_a_validated_config():
     config = S.make_config({"method": "npo", "steps": 12.0, "lora_rank": 4.0, "seed": 3.0, "layers": "1-2, 3",
                             "learning_rate": 2e-3, "max_new_tokens": 16.0, "early_stop": False}, num_layers=4)
-    assert (config.method, config.steps, config.lora_rank, config.lora_alpha, config.seed) == ("npo", 12, 4, 8, 3)
+    assert (config.method, config.steps, config.lora_rank, config.resolved().lora_alpha, config.seed) == \
+        ("npo", 12, 4, 8, 3)
     assert config.layers == (1, 2, 3) and config.check_every == 0 and config.max_new_tokens == 16
     assert S.make_config({}, num_layers=4).layers is None
 

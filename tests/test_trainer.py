@@ -8,7 +8,7 @@ import torch
 from lune_core.adapters import adapter_spec, attached
 from lune_core.cost import MemoryMeter
 from lune_core.config import UnlearnConfig, lora_layers, validate_config
-from lune_core.examples import build_training_data, pick_anchors
+from lune_core.sequences import build_training_data, pick_anchors
 from lune_core.facts import facts_from_records
 from lune_core.runner import RunResult, answer_with, run_unlearning
 from lune_core.losses import select_positions
