@@ -346,9 +346,9 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
             _fmt(s["relearn_leak_rate"]), _fmt(s["requant_leak_rate"])]) + " |")
     lines += ["", "## Targets (`lune`, default settings, held-out facts)"] + target_lines(results)
     lines += ["", "Notes on each method are in the section below, written after reading this table.", ""]
-    notes = folder / "benchmarks_notes.md"
-    if notes.exists():
-        lines += [notes.read_text(encoding="utf-8")]
+    for kept in ("journey.md", "benchmarks_notes.md"):  # written by bench/journey.py and by hand
+        if (folder / kept).exists():
+            lines += [(folder / kept).read_text(encoding="utf-8")]
     (folder / "benchmarks.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     chart(folder / "forget_vs_retention.html", results)
 

@@ -8,6 +8,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import torch
 from peft import (LoraConfig, PeftConfig, TrainableTokensConfig, get_peft_model, get_peft_model_state_dict,
@@ -15,7 +16,8 @@ from peft import (LoraConfig, PeftConfig, TrainableTokensConfig, get_peft_model,
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
 from .config import UnlearnConfig, lora_layers
-from .models import LoadedModel
+from .memory import free_memory
+from .models import LoadedModel, load_model
 
 
 @dataclass
@@ -114,3 +116,15 @@ def edited_rows_forward(layer: TrainableTokensLayer, x: torch.Tensor, *args, **k
 def snapshot(peft_model, spec: dict, info: dict | None = None) -> AdapterState:
     weights = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(peft_model).items()}
     return AdapterState(spec=dict(spec), weights=weights, info=dict(info or {}))
+
+
+def save_merged(lm: LoadedModel, adapter: AdapterState, folder: Path) -> None:
+    """The adapter merged into a full-precision copy of `lm`'s weights, saved as a model folder
+    (weights and tokenizer) that load_model opens like any other."""
+    full = load_model(lm.model_id, quantize=False, device=lm.device)
+    with attached(full, adapter.spec, adapter) as peft_model:
+        merged = peft_model.merge_and_unload()
+    merged.save_pretrained(folder)
+    full.tokenizer.save_pretrained(folder)
+    del merged, full
+    free_memory()

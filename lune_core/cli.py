@@ -63,7 +63,7 @@ def _config(args) -> UnlearnConfig:
     kwargs = {}
     for f in fields(UnlearnConfig):
         value = getattr(args, f.name, None) if "flag" in f.metadata else None
-        if value not in (None, False):
+        if value is not None and value is not False:  # 0 is a value (and a wrong one for --steps)
             kwargs[f.name] = parse_layers(value) if f.metadata.get("parse") == "layers" else value
     if args.no_early_stop:
         kwargs["check_every"] = 0

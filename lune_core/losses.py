@@ -199,6 +199,7 @@ class Method:
     description: str
     ascent: bool = False  # pushes likelihood down without bound: the collapse guard watches it
     listed: bool = True  # offered as an unlearning method (CLI help, the app's list)
+    learns: bool = False  # teaches rather than forgets: a check stops the run once every fact is said
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -216,6 +217,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("simnpo", simnpo, Needs(forget=True, anchor=True),
            "SimNPO: length-normalised NPO without a reference (baseline)", ascent=True),
     Method("finetune", finetune, Needs(target=True), "Plain fine-tuning on the target rows (the relearning "
-           "attack's loss, not an unlearning method)", listed=False),
+           "attack's loss, not an unlearning method)", listed=False, learns=True),
+    # LUNE's formula on the facts' true answers: learn them, with the KL holding everything else.
+    Method("teach", lune, Needs(target=True, anchor=True), "Teach the facts' answers while a KL term holds neutral "
+           "prompts to the base's answers (the privacy lesson's first step, not an unlearning method)",
+           listed=False, learns=True),
 )}
 UNLEARNING_METHODS = [name for name, m in METHODS.items() if m.listed]

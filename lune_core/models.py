@@ -6,10 +6,12 @@ import importlib.util
 import os
 import re
 import shutil
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 
@@ -184,11 +186,26 @@ def load_config(model_id: str = EMBEDDED_MODEL):
     return _config(source, model_id)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub (HF_ENDPOINT) answers a TCP connection within `timeout` seconds. Without
+    this, a hub id on a machine with no network costs ~20 s of retries before its message."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _config(source: str, model_id: str):
     from transformers import AutoConfig
 
+    # A hub id with no hub in reach: only the local cache can answer, at once.
+    local_only = not Path(source).exists() and not hub_reachable()
     try:
-        config = AutoConfig.from_pretrained(source, **_hub_kwargs())
+        config = AutoConfig.from_pretrained(source, local_files_only=local_only, **_hub_kwargs())
     except OSError as err:
         raise ModelLoadError(_explain_missing(model_id, err)) from None
     except ValueError as err:  # e.g. an architecture that needs remote code
@@ -327,7 +344,8 @@ def _known_model_types() -> set[str]:
 
 def _explain_missing(model_id: str, err: Exception) -> str:
     text = str(err)
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "connect" in text.lower():
+    if (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable() or "offline" in text.lower()
+            or "connect" in text.lower()):
         return f"cannot reach the model hub for {shown(model_id)} (offline?); the embedded model works offline"
     if "401" in text or "gated" in text.lower():
         return f"{shown(model_id)} is gated or private: set HF_TOKEN in the environment"

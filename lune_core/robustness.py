@@ -12,12 +12,12 @@ import re
 import shutil
 import tempfile
 from dataclasses import replace
+from pathlib import Path
 
-from .adapters import AdapterState, attached
+from .adapters import AdapterState, attached, save_merged
 from .config import UnlearnConfig
 from .facts import Fact, leaks
 from .generation import base_answers, generate
-from .memory import free_memory
 from .models import LoadedModel, cache_dir, load_model
 from .probes import forget_probes, rewordings
 from .prompting import encode_pair
@@ -92,16 +92,10 @@ def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact],
     """Merge the adapter into full-precision weights, quantize the result to NF4 again, re-ask."""
     probes = forget_probes(facts)
     prompts = [p.prompt for p in probes]
-    full = load_model(lm.model_id, quantize=False, device=lm.device)
-    with attached(full, adapter.spec, adapter) as peft_model:
-        merged = peft_model.merge_and_unload()
     cache_dir().mkdir(parents=True, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="requant-", dir=cache_dir())  # inside the allowed model roots
     try:
-        merged.save_pretrained(folder)
-        full.tokenizer.save_pretrained(folder)
-        del merged, full
-        free_memory()
+        save_merged(lm, adapter, Path(folder))
         requant = load_model(folder, quantize=True, device=lm.device, compute_dtype=lm.compute_dtype)
         after = generate(requant, prompts, config.max_new_tokens)
     finally:

@@ -95,12 +95,19 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     for fact, answer in zip(facts, answers):
         text, span = negative_target(fact, answer)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
+    anchor, n_near = anchor_rows(lm, facts, anchors, config, peft_model, neighbours)
+    return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near)
+
+
+def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
+                neighbours: list[str] = ()) -> tuple[list, int]:
+    """The KL pool: the neighbours first, then the shipped anchors picked for these facts, each with
+    the base's own answer (one stating a fact's answer is left out); and how many are neighbours."""
     near = list(neighbours)[: config.neighbour_anchors * len(facts)]
     rest = [a for a in anchors if a not in near]
     pool = near + pick_anchors(rest, [f.question for f in facts], max(0, config.anchor_pool - len(near)), config.seed)
     pool_answers = base_answers(lm, pool, config.max_new_tokens, peft_model)
-    usable = [(i, encode_pair(tok, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False)) for i, (q, a)
+    usable = [(i, encode_pair(lm.tokenizer, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False)) for i, (q, a)
               in enumerate(zip(pool, pool_answers)) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
                                                                      for f in facts)]
-    return TrainingData(target=target, forget=forget, anchor=[row for _, row in usable], forget_texts=texts,
-                        neighbours=sum(i < len(near) for i, _ in usable))
+    return [row for _, row in usable], sum(i < len(near) for i, _ in usable)

@@ -181,7 +181,8 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
     """Train `model` (a PeftModel, or the full model for adapter "full") on the method's loss.
 
     Yields a StepRecord per step. Ends early when `stop` (a threading.Event) is set, when a check
-    finds no forget question leaking, or when an ascent-type loss starts to collapse."""
+    finds no forget question leaking (for a method that learns: every fact said), or when an
+    ascent-type loss starts to collapse."""
     config = config.resolved()  # a learning rate, if the caller left it to the adapter
     run = prepare(lm, model, data, config, peft_model)
     meter = MemoryMeter(lm.device)
@@ -207,7 +208,9 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
                 # as far as the evaluation asks: a trained model may name the answer later than the base did
                 answers = generate(lm, questions, config.max_new_tokens, model=model)
                 record.leaks_left = sum(leaks(a, f.answer) for a, f in zip(answers, facts))
-                if record.leaks_left == 0:
+                if run.method.learns and record.leaks_left == len(facts):
+                    record.stopped = "early stop: every fact is said now"
+                elif not run.method.learns and record.leaks_left == 0:
                     record.stopped = "early stop: no forget question leaks any more"
             record.elapsed = time.perf_counter() - start
             record.eta_seconds = 0.0 if record.stopped else record.elapsed / (step + 1) * (config.steps - step - 1)

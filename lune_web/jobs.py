@@ -6,6 +6,7 @@ Arguments and results then cross a process boundary: only plain data goes in and
 adapter as safetensors bytes), and no stop event reaches the worker (`can_stop` is False)."""
 from __future__ import annotations
 
+import hashlib
 import math
 import queue
 import threading
@@ -20,6 +21,7 @@ from lune_core.facts import Fact
 from lune_core.memory import free_memory
 from lune_core.models import LoadedModel, load_model, pick_device
 from lune_core.runner import RunResult, answer_with, run_unlearning
+from lune_core.teach import remove_taught, taught_model, teach_config, teach_events
 
 from .context import no_gpu_task
 from .registry import ModelRegistry
@@ -106,31 +108,74 @@ def gpu_duration(steps: int, n_facts: int, n_probes: int) -> int:
     return int(min(MAX_SECONDS, max(MIN_SECONDS, math.ceil(raw_duration(steps, n_facts, n_probes)))))
 
 
-def run_seconds(model_key, facts, config, general, *_) -> int:
+def run_seconds(model_key, taught, facts, config, general, *_) -> int:
     """The duration of a training job, from the same arguments (as spaces.GPU calls it)."""
     return gpu_duration(config["steps"], len(facts), 4 * len(facts) + len(general))
 
 
+def teach_seconds(model_key, facts, *_) -> int:
+    return gpu_duration(teach_config().steps, len(facts), 2 * len(facts)) + 30  # + merging and re-quantizing
+
+
 class Jobs:
-    """The three kinds of work on a model: train (any adapter kind, full fine-tuning included) and
-    evaluate, answer free prompts, attack an adapter. Each takes and returns plain data."""
+    """The kinds of work on a model: teach facts, train (any adapter kind, full fine-tuning included)
+    and evaluate, answer free prompts, attack an adapter. Each takes and returns plain data; `taught`
+    (a packed adapter or None) names a session's taught model, which replaces the base for that job."""
+
+    TAUGHT_MODELS = 2  # taught models kept built at once (each ~150 MB in 4-bit, plus its folder on disk)
 
     def __init__(self, models: ModelRegistry, limits: RunLimits, gpu_task: Callable = no_gpu_task,
                  can_stop: bool = True, copy_loader: Callable[[str], LoadedModel] = full_precision_copy):
         self.models, self.limits, self.can_stop, self._copy = models, limits, can_stop, copy_loader
+        self._taught: dict[tuple, LoadedModel] = {}
+        self._taught_lock = threading.Lock()
+
         # Decorated here, once, at start-up: ZeroGPU needs its decorator before CUDA is first touched.
+        self.teach = gpu_task(teach_seconds)(self._teach)
         self.train = gpu_task(run_seconds)(self._train)
         self.answer = gpu_task(60)(self._answer)
         self.attack = gpu_task(300)(self._attack)
 
+    def model(self, model_key, taught: dict | None) -> LoadedModel:
+        """The shared base, or the session's taught model built on it (kept for the next job)."""
+        base = self.models.get(*model_key)
+        if taught is None:
+            return base
+        key = (tuple(model_key), hashlib.sha256(taught["weights"]).hexdigest())
+        with self._taught_lock:
+            if key in self._taught:
+                self._taught[key] = self._taught.pop(key)  # most recently used last
+                return self._taught[key]
+        with base.lock:
+            lm = taught_model(base, unpack_adapter(taught))
+        with self._taught_lock:
+            self._taught[key] = lm
+            while len(self._taught) > self.TAUGHT_MODELS:
+                remove_taught(self._taught.pop(next(iter(self._taught))))
+        return lm
+
     def stop_for_worker(self, stop: threading.Event) -> threading.Event | None:
         return stop if self.can_stop else None  # an Event cannot cross to the ZeroGPU worker
 
-    def _train(self, model_key, facts, config, general, anchors, stop) -> Iterator[dict]:
+    def _teach(self, model_key, facts, config, anchors, stop) -> Iterator[dict]:
+        """Teach the facts to the base, then build the taught model (so the next job finds it ready)."""
+        base = self.models.get(*model_key)
+        with base.lock:
+            for event in teach_events(base, [Fact(**f) for f in facts], anchors, UnlearnConfig.from_dict(config),
+                                      stop=stop):
+                if isinstance(event, AdapterState):
+                    taught = pack_adapter(event)
+                else:
+                    yield {"step": event.to_dict()}
+        yield {"building": True}
+        lm = self.model(model_key, taught)
+        yield {"taught": taught, "model": lm.describe()}
+
+    def _train(self, model_key, taught, facts, config, general, anchors, stop) -> Iterator[dict]:
         """Train, evaluate and serialize in one call: on ZeroGPU this is the GPU worker."""
         settings = UnlearnConfig.from_dict(config)
         full = settings.adapter == "full"
-        lm = self._copy(model_key[0]) if full else self.models.get(*model_key)
+        lm = self._copy(model_key[0]) if full else self.model(model_key, taught)
         try:
             for event in run_unlearning(lm, [Fact(**f) for f in facts], settings, general, anchors, stop=stop,
                                         limits=self.limits):
@@ -143,12 +188,12 @@ class Jobs:
                 del lm
                 free_memory()
 
-    def _answer(self, model_key, adapter, questions, max_new_tokens) -> tuple[list[str], list[str]]:
-        lm = self.models.get(*model_key)
+    def _answer(self, model_key, taught, adapter, questions, max_new_tokens) -> tuple[list[str], list[str]]:
+        lm = self.model(model_key, taught)
         return answer_with(lm, unpack_adapter(adapter), questions, max_new_tokens)  # the engine takes lm.lock
 
-    def _attack(self, model_key, adapter, facts, config) -> Iterator[dict]:
-        lm = self.models.get(*model_key)
+    def _attack(self, model_key, taught, adapter, facts, config) -> Iterator[dict]:
+        lm = self.model(model_key, taught)
         with lm.lock:
             yield from robustness.robustness_events(lm, unpack_adapter(adapter), [Fact(**f) for f in facts],
                                                     UnlearnConfig.from_dict(config))

@@ -125,7 +125,8 @@ class Service:
         session.rows = forms.clean_rows(rows)
         max_new_tokens = forms.bounded_int(max_new_tokens, "max new tokens", 1, self.limits.max_new_tokens)
         self.model(session)
-        before, _ = self.jobs.answer(session.model_key, None, [f.question for f in facts], max_new_tokens)
+        before, _ = self.jobs.answer(session.model_key, session.taught, None, [f.question for f in facts],
+                                     max_new_tokens)
         return [{"question": f.question, "answer": f.answer, "base_answer": b, "known": leaks(b, f.answer)}
                 for f, b in zip(facts, before)]
 
@@ -145,27 +146,69 @@ class Service:
 
     def _job(self, session: Session, facts: list[Fact], config: UnlearnConfig, general: list[dict],
              on_result: Callable[[Session, dict, list[dict]], None], live_history: bool = False) -> Iterator[RunUpdate]:
+        args = (session.model_key, session.taught, [f.to_dict() for f in facts], config.to_dict(), general,
+                list(self.anchors()))
+
+        def store(s: Session, event: dict, steps: list[dict]) -> None:
+            event["report"]["stopped_by_user"] = s.stop.is_set() and not (steps and steps[-1]["stopped"])
+            on_result(s, event, steps)
+
+        yield from self._stream(session, lambda stop: self.jobs.train(*args, stop), store,
+                                session.history if live_history else None, _phase)
+
+    def _stream(self, session: Session, start: Callable, on_result: Callable[[Session, dict, list[dict]], None],
+                steps: list | None, phase: Callable[[list[dict], threading.Event], str]) -> Iterator[RunUpdate]:
+        """Relay one job's events as RunUpdates: a step record per step, `phase` between events, and
+        the job's last event handed to `on_result`. `steps`: the session's list that the live chart reads."""
         session.stop = stop = threading.Event()
         session.running = True
         started = time.perf_counter()
-        steps: list[dict] = []
-        if live_history:
-            session.history = steps  # the live chart and the loss CSV read the current run
-        args = (session.model_key, [f.to_dict() for f in facts], config.to_dict(), general, list(self.anchors()))
+        steps = [] if steps is None else steps
+        steps.clear()
         try:
-            for event in in_background(lambda: self.jobs.train(*args, self.jobs.stop_for_worker(stop)), stop):
+            for event in in_background(lambda: start(self.jobs.stop_for_worker(stop)), stop):
                 elapsed = time.perf_counter() - started
-                if event is HEARTBEAT:
-                    yield RunUpdate(_phase(steps, stop), elapsed, steps[-1] if steps else None)
+                if event is HEARTBEAT or "building" in event:
+                    yield RunUpdate(phase(steps, stop), elapsed, steps[-1] if steps else None)
                 elif "step" in event:
                     steps.append(event["step"])
-                    yield RunUpdate("training", elapsed, event["step"])
+                    yield RunUpdate(phase(steps, stop), elapsed, event["step"])
                 else:
-                    event["report"]["stopped_by_user"] = stop.is_set() and not (steps and steps[-1]["stopped"])
                     on_result(session, event, steps)
                     yield RunUpdate("done", elapsed, steps[-1] if steps else None, done=True)
         finally:
             session.running = False
+
+    # ---- the privacy lesson: teach, then forget ------------------------------------------------
+
+    def teach(self, session: Session, rows, seed=0) -> Iterator[RunUpdate]:
+        """Teach this session's model the facts (a short LoRA fine-tune, merged and re-quantized): from
+        then on every job of this page runs on the taught model, which is its "before". Other pages
+        never see it. An unlearning adapter trained before no longer fits and is dropped."""
+        if session.running:
+            raise UserError("a run is already in progress in this page: wait for it or press Stop")
+        facts = self.facts_from_rows(rows)
+        session.rows = forms.clean_rows(rows)
+        self.model(session)
+        seed = forms.bounded_int(seed, "seed", 0, 2**32 - 1)
+        config = UnlearnConfig(seed=seed).to_dict()
+        args = (session.model_key, [f.to_dict() for f in facts], config, list(self.anchors()))
+
+        def store(s: Session, event: dict, steps: list[dict]) -> None:
+            if s.stop.is_set() and not (steps and steps[-1]["stopped"]):
+                return  # stopped half-taught: keep the model the page had
+            s.clear_results()
+            s.taught = event["taught"]
+
+        yield from self._stream(session, lambda stop: self.jobs.teach(*args, stop), store, session.taught_history,
+                                _teach_phase)
+
+    def drop_taught(self, session: Session) -> None:
+        """Back to the shared base model: the taught facts and everything measured on them go."""
+        if session.running:
+            raise UserError("a run is in progress: press Stop first")
+        session.clear_results()
+        session.taught, session.taught_history = None, []
 
     def request_stop(self, session: Session) -> bool:
         """Ask the running job to end after its current step; False when nothing runs."""
@@ -187,7 +230,8 @@ class Service:
         question = forms.prompt_text(question, self.limits)
         max_new_tokens = forms.bounded_int(max_new_tokens, "max new tokens", 1, self.limits.max_new_tokens)
         self.model(session)
-        before, after = self.jobs.answer(session.model_key, pack_adapter(session.adapter), [question], max_new_tokens)
+        before, after = self.jobs.answer(session.model_key, session.taught, pack_adapter(session.adapter), [question],
+                                         max_new_tokens)
         return before[0], after[0]
 
     # ---- cost: the full fine-tuning comparison ----------------------------------------------
@@ -198,6 +242,9 @@ class Service:
             raise UserError("run an unlearning first: the comparison repeats its settings")
         if session.running:
             raise UserError("a run is already in progress in this page")
+        if session.taught is not None:
+            raise UserError("the full fine-tuning comparison runs on the shared base model, and this page's model "
+                            "was taught facts first: drop the taught model to compare")
         report = session.report
         lm = self.model(session)
         estimate = self.estimate_full_ft(report["metrics"]["total_params"], lm.device)
@@ -227,8 +274,9 @@ class Service:
         report = session.report
         stop = threading.Event()  # the attacks are short and have no step to stop at; set when the page goes
         started, stage = time.perf_counter(), {"stage": 0, "name": robustness.ATTACK_STAGES[0]}
-        events = in_background(lambda: self.jobs.attack(session.model_key, pack_adapter(session.adapter),
-                                                        report["facts"], report["config"]), stop)
+        events = in_background(lambda: self.jobs.attack(session.model_key, session.taught,
+                                                        pack_adapter(session.adapter), report["facts"],
+                                                        report["config"]), stop)
         for event in events:
             if event is not HEARTBEAT and "result" in event:
                 if session.report is report:  # a Reset or a new run meanwhile: the result belongs to neither
@@ -249,6 +297,14 @@ class Service:
         base = session.report["model"]["name"]
         paths = export.write_exports(Path(session.workdir), session.report, session.adapter, base, session.history)
         return [str(p) for p in paths.values()]
+
+
+def _teach_phase(steps: list[dict], stop: threading.Event) -> str:
+    """Teaching, then merging the taught adapter into the weights and quantizing them again."""
+    if not steps:
+        return "preparing teach"
+    last = steps[-1]
+    return "merging" if last["stopped"] or stop.is_set() or last["step"] == last["total_steps"] else "teaching"
 
 
 def _phase(steps: list[dict], stop: threading.Event) -> str:

@@ -19,6 +19,10 @@ class Session:
     runs: list[dict] = field(default_factory=list)  # one summary per finished run
     full_ft: dict | None = None  # the full fine-tuning comparison of the last run
     robustness_result: dict | None = None
+    # The taught adapter (packed, as jobs take it) when this page taught the model facts first: the
+    # session's model is then the base with it merged in, for every job until it is dropped.
+    taught: dict | None = None
+    taught_history: list[dict] = field(default_factory=list)  # StepRecord dicts of the teach step
     stop: threading.Event | None = None  # a fresh one per job: an orphaned job keeps its own
     running: bool = False
     workdir: str | None = None
@@ -34,6 +38,7 @@ class Session:
         if self.stop is not None:
             self.stop.set()
         self.clear_results()
+        self.taught, self.taught_history = None, []
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

@@ -57,7 +57,8 @@ def model_markdown(info: dict) -> str:
             f" · {info['num_layers']} layers · weights in memory **{info['memory_mb']:.0f} MB**")
 
 
-def loss_figure(steps: list[dict], total_steps: int | None = None) -> go.Figure:
+def loss_figure(steps: list[dict], total_steps: int | None = None, title: str = "Loss per step (total and each part)",
+                height: int = 320) -> go.Figure:
     figure = go.Figure()
     if steps:
         x = [s["step"] for s in steps]
@@ -68,7 +69,7 @@ def loss_figure(steps: list[dict], total_steps: int | None = None) -> go.Figure:
                                mode="lines+markers", line={"dash": "dot"})
         total_steps = total_steps or steps[-1]["total_steps"]
     figure.update_layout(
-        height=320, margin={"l": 40, "r": 10, "t": 40, "b": 40}, title="Loss per step (total and each part)",
+        height=height, margin={"l": 40, "r": 10, "t": 40, "b": 40}, title=title,
         xaxis={"title": "step", "range": [0.5, (total_steps or DEFAULTS.steps) + 0.5]},
         yaxis={"title": "loss"}, legend={"orientation": "h", "y": -0.25}, template="plotly_white",
     )
@@ -83,6 +84,9 @@ def clock(seconds: float) -> str:
 PHASES = {
     "preparing": "Preparing: asking the base model every question once, before training",
     "training": "Training",
+    "preparing teach": "Preparing: asking the base model the neutral questions the teaching holds",
+    "teaching": "Teaching the model the facts",
+    "merging": "Merging what was taught into the weights and quantizing them again (about half a minute)",
     "evaluating": "Evaluating: asking every question again, now with the adapter",
     "done": "Done",
 }
@@ -149,7 +153,7 @@ def cards_html(metrics: dict | None) -> str:
     def show(value, kind):
         if value is None:
             return "–"
-        return f"{100 * value:.0f} %" if kind == "pct" else f"{value:.2f}"
+        return pct(value) if kind == "pct" else f"{value:.2f}"
 
     def before(key, kind):
         return f" · before: {show(metrics[key], kind)}" if key and metrics.get(key) is not None else ""
@@ -161,20 +165,36 @@ def cards_html(metrics: dict | None) -> str:
     return f"<div class='cards'>{cards}</div>"
 
 
+def pct(value) -> str:
+    """A share as the page shows every share: '86 %', or '–' when not measured."""
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+# The run history's columns: what each summary key is called on the page, and which are shares.
+RUN_COLUMNS = {"run": "run", "method": "method", "facts": "facts", "steps": "steps", "forget_success": "forgotten",
+               "paraphrase_success": "paraphrases forgotten", "adversarial_success": "adversarial forgotten",
+               "neighbour_retention": "neighbours kept", "neighbour_agreement": "neighbours agree",
+               "general_retention": "general kept", "seconds": "seconds", "stopped": "ended by"}
+SHARES = {"forget_success", "paraphrase_success", "adversarial_success", "neighbour_retention",
+          "neighbour_agreement", "general_retention"}
+COST_SHARES = {"forget success", "forgotten cleanly", "neighbour retention", "general retention"}
+
+
 def runs_frame(runs: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(runs, columns=["run", "method", "facts", "steps", "forget_success", "paraphrase_success",
-                                       "adversarial_success", "neighbour_retention", "neighbour_agreement",
-                                       "general_retention", "seconds", "stopped"])
+    return pd.DataFrame([[pct(r[k]) if k in SHARES else r[k] for k in RUN_COLUMNS] for r in runs],
+                        columns=list(RUN_COLUMNS.values()))
 
 
-def cost_frame(rows: list[list]) -> pd.DataFrame:
-    def show(v):
+def cost_frame(rows: list[list], trained: str = "adapter (this run)") -> pd.DataFrame:
+    def show(name, v):
         if v is None:
             return "not measured"
+        if name in COST_SHARES:
+            return pct(v)
         return f"{v:,}" if isinstance(v, int) else str(v)
 
-    return pd.DataFrame([[name, show(a), show(b)] for name, a, b in rows],
-                        columns=["measure", "adapter (this run)", "full fine-tuning"])
+    return pd.DataFrame([[name, show(name, a), show(name, b)] for name, a, b in rows],
+                        columns=["measure", trained, "full fine-tuning"])
 
 
 def base_frame(rows: list[dict]) -> pd.DataFrame:
@@ -198,9 +218,6 @@ def robustness_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def robustness_markdown(result: dict) -> str:
-    def pct(v):
-        return "–" if v is None else f"{100 * v:.0f} %"
-
     n = result.get("forgotten_probes", 0)
     line = (f"Of the **{n}** questions the run made the model forget, said again after "
             f"{result.get('relearn_steps', 'a few')} steps of relearning on related text: "
@@ -211,3 +228,20 @@ def robustness_markdown(result: dict) -> str:
         line += (f" {still} question(s) still gave the answer right after training; they were never forgotten, "
                  "so they are not counted as coming back.")
     return line
+
+
+# Full fine-tuning against the LoRA run it repeats, measured here (bench/out, held-out 3 facts, seed 0):
+# 13.5 vs 3.5 s a step, and 300 vs 230 s for everything else (asking the questions, twice); the
+# full-precision copy loads in about 20 s.
+FULL_FT_STEP_RATIO = 3.9
+FULL_FT_REST_RATIO = 1.3
+FULL_FT_LOAD_SECONDS = 20
+
+
+def full_ft_forecast(report: dict) -> str:
+    """What the comparison will cost, said before it starts: the adapter run's own time, scaled."""
+    m = report["metrics"]
+    train = (m.get("train_seconds") or 0) * FULL_FT_STEP_RATIO
+    rest = FULL_FT_REST_RATIO * max(0.0, report["wall_seconds"] - (m.get("train_seconds") or 0))
+    return (f"about {clock(FULL_FT_LOAD_SECONDS + train + rest)} (loading a full-precision copy, "
+            f"{m['steps_run']} steps, asking every question again); it trains every weight, no adapter.")

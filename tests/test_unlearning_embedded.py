@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def report():
+def result():
     lm = load_model()
     assert lm.quantization == "nf4"
     # Facts not used while tuning the defaults: one capital, one symbol, one author.
@@ -19,7 +19,12 @@ def report():
     facts = facts_from_records([read_jsonl(ASSETS / "presets" / f"{name}.jsonl")[i] for name, i in picks])
     events = list(run_unlearning(lm, facts, UnlearnConfig(), load_general(limit=48), load_anchors()))
     assert isinstance(events[-1], RunResult)
-    return events[-1].report
+    return events[-1]
+
+
+@pytest.fixture(scope="module")
+def report(result):
+    return result.report
 
 
 def test_the_model_knew_the_facts_before(report):
@@ -78,3 +83,51 @@ def test_the_presets_curated_neighbours_and_the_adversarial_forms_are_scored(rep
     # The base model ranks the true answers far above the wrong ones; after forgetting it does not.
     assert m["true_preferred_before"] == 1.0 and m["truth_ratio_before"] < 0.1
     assert m["truth_ratio_after"] > 10 * m["truth_ratio_before"]
+
+
+# Run after the model card's snippet in a fresh interpreter: the forget questions through the chat
+# template, greedy, as the run asked them.
+STRANGER = """
+import json, sys
+questions, max_new_tokens = json.loads(sys.argv[1]), int(sys.argv[2])
+answers = []
+for question in questions:
+    text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                         top_k=None, pad_token_id=tokenizer.eos_token_id)
+    answers.append(tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+print(json.dumps(answers))
+"""
+
+
+def test_a_stranger_loads_the_exported_zip_as_its_card_says_and_gets_the_runs_answers(result, tmp_path):
+    """Plain transformers + PEFT in a fresh process, nothing of lune imported: the card's own code."""
+    import json
+    import re
+    import subprocess
+    import sys
+    import zipfile
+
+    from lune_core.export import adapter_zip
+    from lune_core.facts import leaks
+
+    report = result.report
+    archive = adapter_zip(result.adapter, report["model"]["name"], report, tmp_path / "lune-adapter.zip")
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(tmp_path / "home")
+    card = (tmp_path / "home" / "lune-adapter" / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert "lune" not in snippet.replace("lune-adapter", "")
+    forget = [r for r in report["probes"] if r["kind"] == "forget"]
+    done = subprocess.run([sys.executable, "-c", snippet + STRANGER, json.dumps([r["prompt"] for r in forget]),
+                           str(report["config"]["max_new_tokens"])], cwd=tmp_path / "home", capture_output=True,
+                          text=True, timeout=900, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = json.loads(done.stdout.strip().splitlines()[-1])
+    for row, answer in zip(forget, answers):
+        # the same verdict, and the same opening words, as the run's own "after"
+        assert leaks(answer, row["expected"]) == leaks(row["after"], row["expected"]), (answer, row["after"])
+        assert answer.split()[:3] == row["after"].split()[:3], (answer, row["after"])
+

@@ -22,7 +22,8 @@ def build(page: Page, service: Service) -> None:
         page.runs = gr.Dataframe(runs_frame([]), interactive=False, label="Past runs (kept until you leave)")
     with gr.Row():
         with gr.Column():
-            page.prompt = gr.Textbox(label="Try your own prompt", max_length=limits.max_text_chars,
+            # No max_length: the box would cut a long prompt silently; the service says it is too long.
+            page.prompt = gr.Textbox(label="Try your own prompt", info=f"at most {limits.max_text_chars} characters",
                                      placeholder="e.g. a paraphrase of a forgotten fact")
             page.ask_button = gr.Button("Ask before and after")
             page.ask_status = gr.Markdown()

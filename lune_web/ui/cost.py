@@ -4,12 +4,12 @@ from __future__ import annotations
 import gradio as gr
 
 from ..service import Service, cost_rows
-from ..views import cost_frame, progress_markdown
+from ..views import cost_frame, full_ft_forecast, progress_markdown
 from .page import HEAVY, Page, guarded
 
 
 def build(page: Page, service: Service) -> None:
-    gr.Markdown("## 5 · Cost", elem_classes="step-title")
+    gr.Markdown("## 5 · Cost", elem_classes="step-title", elem_id="cost-title")
     page.cost = gr.Dataframe(cost_frame([]), interactive=False, label="This run's adapter vs full fine-tuning")
     gr.Markdown("On a CPU, peak memory is the resident memory of the whole server process.")
     page.full_ft_button = gr.Button("Run the same loss as full fine-tuning")
@@ -20,6 +20,8 @@ def wire(page: Page, service: Service) -> None:
     @guarded(page.cost_status)
     def on_full_ft(state, request: gr.Request):
         service.bind(state, request.session_hash if request else None)
+        if state.report is not None and not state.running:  # an honest estimate before the wait starts
+            yield {page.cost_status: f"Full fine-tuning: {full_ft_forecast(state.report)}"}
         for update in service.run_full_finetune(state):
             if not update.done:
                 yield {page.cost_status: "Full fine-tuning — " + progress_markdown(update)}

@@ -97,8 +97,9 @@ def wire(page: Page, service: Service) -> None:
         service.reset(state)
         return {page.plot: loss_figure([]), page.compare: comparison_frame([]), page.cards: cards_html(None),
                 page.cost: cost_frame([]), **cleared_robustness(),
-                page.run_status: "Adapter removed: the model answers like the base model again. "
-                                 "Your facts and the run history stay."}
+                page.run_status: "Adapter removed: the model answers like the base model again. The comparison, "
+                                 "the cost table and the robustness check went with it (they described that adapter); "
+                                 "your facts and the run history stay."}
 
     page.method.change(method_markdown, page.method, page.method_info, api_visibility="private", **LIGHT)
     page.run_button.click(on_run, [page.state, page.facts, page.method, page.adapter, page.steps, page.lr, page.rank,
