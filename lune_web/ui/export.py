@@ -13,7 +13,7 @@ def build(page: Page, service: Service) -> None:
         page.export_button = gr.Button("Prepare downloads", scale=1)
         page.export_status = gr.Markdown()
     page.downloads = gr.File(file_count="multiple", label="Adapter (PEFT folder + model card, zipped), "
-                             "report JSON, comparison CSV, loss history CSV", interactive=False)
+                             "report JSON, comparison CSV, loss history CSV", interactive=False, height=200)
 
 
 def wire(page: Page, service: Service) -> None:

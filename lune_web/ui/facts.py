@@ -31,8 +31,8 @@ def build(page: Page, service: Service) -> None:
                                     label="One per line", placeholder="The capital of France is [Paris].")
         page.add_button = gr.Button("Add to the table")
     with gr.Row():
-        page.add_row_button = gr.Button("＋ Add a row", size="sm")
-        page.remove_row_button = gr.Button("－ Remove the last row", size="sm")
+        page.add_row_button = gr.Button("+ Add a row", size="sm")
+        page.remove_row_button = gr.Button("- Remove the last row", size="sm")
         page.clear_button = gr.Button("Clear the table", size="sm")
         page.preview_button = gr.Button("Ask the base model about these facts", size="sm")
         page.preset_button = gr.Button("Reload the preset", size="sm")
