@@ -28,7 +28,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from lune_core.config import RunLimits  # noqa: E402
 from lune_web.forms import FACT_COLUMNS, preset_rows  # noqa: E402
-from tests.app_server import serve_app  # noqa: E402
+from lune_web.reliability.app_server import serve_app  # noqa: E402
 
 PRESET, FACTS = "capitals", 2  # the lesson plan's preset and count
 TARGETS = {"load": None, "preview": 10.0, "unlearn": 45.0, "ask": 3.0, "robustness": 60.0}

@@ -1,6 +1,6 @@
 """Reliability figures: the bad-input corpus through every channel, and repeated runs' memory.
 
-1. Every case of tests/data/bad_inputs.jsonl through the session API (in this process, the embedded
+1. Every case of lune_web/reliability/bad_inputs.jsonl through the session API (in this process, the embedded
    model loaded and one run finished first), the command line (`lune_core.cli.main`, in this process,
    with --check) and the launched app (`python app.py`, through gradio_client); counts the cases
    handled: a clear one-line message and nothing lost for a rejected case, the text as typed for an
@@ -35,9 +35,9 @@ os.chdir(ROOT)  # a corpus case names one of the repository's folders as a model
 import torch  # noqa: E402
 
 from lune_web.session import Session  # noqa: E402
-from tests import corpus  # noqa: E402
-from tests.app_server import serve_app  # noqa: E402
-from tests.cycles import rss_growth, unlearn_reset_cycles  # noqa: E402
+from lune_web.reliability import corpus  # noqa: E402
+from lune_web.reliability.app_server import serve_app  # noqa: E402
+from lune_web.reliability.cycles import rss_growth, unlearn_reset_cycles  # noqa: E402
 from tests.web import service  # noqa: E402
 
 S = service()
@@ -98,7 +98,7 @@ def write_report(path: Path, results, cycles, settings, seconds, app_log_has_tok
         f"Python {platform.python_version()}; {versions}.  ",
         f"Limits in force (cpu-basic defaults; `LUNE_MAX_*` overrides each): {S.limits}.", "",
         "## Bad input", "",
-        "Each case of `tests/data/bad_inputs.jsonl` (where the bad value goes, the input, rejected or "
+        "Each case of `lune_web/reliability/bad_inputs.jsonl` (where the bad value goes, the input, rejected or "
         "accepted, a fragment of the message) through each channel. *Handled*: a rejected case got a "
         "clear one-line message (no traceback, not the generic error) and the session kept its model, "
         "facts and results; an accepted case (unicode, HTML, an answer the model does not say) came "

@@ -349,13 +349,16 @@ def cost_rows(session: Session) -> list[list]:
     fm = full["report"]["metrics"] if full.get("measured") else {}
     est = full.get("estimate") or {}
 
+    # The base model's own count in both columns: an adapter's total would add its own few numbers.
+    base = session.report["model"]["total_params"]
+
     def pct(m):
-        return None if not m.get("total_params") else round(100 * m["trainable_params"] / m["total_params"], 3)
+        return round(100 * m["trainable_params"] / base, 3)
 
     return [
         ["trainable parameters", lora["trainable_params"], fm.get("trainable_params")],
-        ["total parameters", lora["total_params"], fm.get("total_params")],
-        ["trainable share (%)", pct(lora), pct(fm) if fm else None],
+        ["base model parameters", base, base if fm else None],
+        ["trainable share of the base (%)", pct(lora), pct(fm) if fm else None],
         ["steps run", lora["steps_run"], fm.get("steps_run")],
         ["seconds per step", lora["seconds_per_step"], fm.get("seconds_per_step")],
         ["training seconds", lora["train_seconds"], fm.get("train_seconds")],

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.app_server import AppFailed, serve_app
+from lune_web.reliability.app_server import AppFailed, serve_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -15,8 +15,8 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
-from tests import corpus  # noqa: E402
-from tests.app_server import serve_app  # noqa: E402
+from lune_web.reliability import corpus  # noqa: E402
+from lune_web.reliability.app_server import serve_app  # noqa: E402
 from tests.tiny import save_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
@@ -176,3 +176,33 @@ def test_the_token_never_reaches_the_page_or_the_log(app):
     assert SEEN and not [m for m in SEEN if TOKEN in m]
     log = app.log.read_text()
     assert log and TOKEN not in log
+
+
+# ---- editing the facts ---------------------------------------------------------------------------
+
+def test_a_preset_replaces_the_table_or_joins_it_as_asked(app):
+    client = gradio_client.Client(app.url, verbose=False)
+    mine = ["Who painted the Mona Lisa?", "Leonardo da Vinci", "", "", ""]
+    typed = {"headers": corpus_columns(), "data": [mine]}
+    replaced = client.predict("capitals", 2, "replace", typed, api_name="/use_preset")[0]["data"]
+    joined = client.predict("capitals", 2, "append", typed, api_name="/use_preset")
+    assert "below yours" in joined[2], joined[2]
+    assert [r[0] for r in joined[0]["data"]] == [mine[0]] + [r[0] for r in replaced]
+    assert mine[0] not in [r[0] for r in replaced]
+    # a preset that repeats a typed fact is refused, and the table is left as it was
+    again = client.predict("capitals", 2, "append", joined[0], api_name="/use_preset")
+    assert again[2].startswith("⚠️") and "duplicate" in again[2].lower(), again[2]
+    # removing rows keeps the status true
+    fewer, status = client.predict(joined[0], api_name="/remove_row")
+    assert len(fewer["data"]) == 2 and "holds 2 facts" in status
+
+
+def test_reset_says_what_it_cleared(app, trained):
+    outputs = trained.client.predict(api_name="/reset")
+    assert "went with it" in outputs[1] and not outputs[2]["data"], outputs[1]
+
+
+def corpus_columns() -> list[str]:
+    from lune_web.forms import FACT_COLUMNS
+
+    return FACT_COLUMNS

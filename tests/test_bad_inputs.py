@@ -19,7 +19,7 @@ from lune_core.config import RunLimits, UnlearnConfig
 from lune_deploy.config import load_deploy_config
 from lune_web.errors import UserError, user_message
 from lune_web.session import Session
-from tests import corpus
+from lune_web.reliability import corpus
 from tests.tiny import save_tiny_model
 from tests.web import service, use_models
 

@@ -38,7 +38,7 @@ def first_preset() -> tuple[str, str]:
 def page(app_url):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        page = browser.new_page(viewport={"width": 1024, "height": 768})  # a classroom projector
         page.goto(app_url)
         page.wait_for_selector("text=Facts to forget", timeout=60_000)
         yield page
@@ -95,5 +95,36 @@ def test_preset_unlearn_compare(page):
     # the base model's own rate sits next to the degenerate rate, so 5 % is read against it
     assert re.search(r"Degenerate answers\s*\d+ %.*before: \d+ %", cards.inner_text(), re.S)
     assert not page.get_by_text("Traceback").count()
+    # every row of the comparison is on the page: no scrolling inside the table
+    inner = compare.evaluate("""e => [...e.querySelectorAll('*')].filter(x => {
+        const s = getComputedStyle(x);
+        return ['auto', 'scroll'].includes(s.overflowY) && x.scrollHeight > x.clientHeight + 4;}).length""")
+    assert inner == 0
     shot(page, "3-compare.png", "#compare-title")
     page.screenshot(path=str(SHOTS / "0-full-page.png"), full_page=True)
+
+    # 4. Deleting a row: the status line says what the table holds now, never the old count.
+    page.get_by_role("button", name="- Remove the last row").click()
+    playwright.expect(page.locator("#facts-status")).to_contain_text("The table holds 1 fact.")
+
+
+def test_the_privacy_lesson_teaches_then_forgets(page):
+    """The fictional person: unknown to the model, taught in this page, then forgotten."""
+    page.get_by_label("Preset").click()
+    page.get_by_role("option", name="Fictional person (teach, then forget)").click()
+    playwright.expect(page.locator("#facts")).to_contain_text("Elara Voss")
+    base = page.locator("#base-answers")
+    playwright.expect(base).to_contain_text("does not say it", timeout=RUN_TIMEOUT_MS)
+    page.get_by_role("button", name="Teach these facts to the model").click()
+    teach = page.locator("#teach-status")
+    playwright.expect(teach).to_contain_text("Taught", timeout=RUN_TIMEOUT_MS)
+    # the table below now shows what the taught model says: the invented details
+    playwright.expect(base).to_contain_text("says it", timeout=RUN_TIMEOUT_MS)
+    shot(page, "5-taught.png", "#teach-panel")
+    page.get_by_role("button", name="Unlearn", exact=True).click()
+    playwright.expect(page.locator("#run-status")).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
+    first_row = first_data_row(page.locator("#compare"))
+    playwright.expect(first_row).to_contain_text("forget")
+    # known before (the taught model is "before"), so the verdict is about forgetting, not "not known before"
+    assert "not known before" not in first_row.inner_text()
+    shot(page, "6-taught-then-forgotten.png", "#compare-title")

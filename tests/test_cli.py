@@ -84,7 +84,7 @@ def test_output_folder_must_exist(tmp_path, facts):
     ('{"question": "Q?", "answers": ["4"]}\n', ["--general-limit", "-1"], "must not be negative"),
 ])
 def test_bad_general_question_files_and_limits(tmp_path, facts, general, extra, fragment):
-    from tests.corpus import main_in_process
+    from lune_web.reliability.corpus import main_in_process
 
     path = tmp_path / "general.jsonl"
     path.write_bytes(general.encode("latin-1") if "\xff" in general else general.encode())
@@ -94,7 +94,7 @@ def test_bad_general_question_files_and_limits(tmp_path, facts, general, extra, 
 
 
 def test_check_validates_without_training_and_a_zero_general_limit_means_none(tmp_path, facts):
-    from tests.corpus import main_in_process
+    from lune_web.reliability.corpus import main_in_process
 
     code, out, err = main_in_process(["run", "--facts", str(facts), "--out", str(tmp_path / "r.json"), "--check",
                                       "--general-limit", "0"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lune_web.session import Session
-from tests import corpus
-from tests.cycles import rss_growth, unlearn_reset_cycles
+from lune_web.reliability import corpus
+from lune_web.reliability.cycles import rss_growth, unlearn_reset_cycles
 from tests.tiny import save_tiny_model
 from tests.web import service, use_models
 

@@ -236,7 +236,7 @@ def test_full_finetune_comparison_measures_or_honestly_estimates(models, monkeyp
     finish(S.run_full_finetune(session))
     rows = {r[0]: r[1:] for r in cost_rows(session)}
     lora_trainable, full_trainable = rows["trainable parameters"]
-    assert session.full_ft["measured"] and full_trainable == rows["total parameters"][1] > lora_trainable
+    assert session.full_ft["measured"] and full_trainable == rows["base model parameters"][1] > lora_trainable
     assert session.adapter is not None  # the comparison does not replace the session's adapter
     # full fine-tuning runs at its own rate, not the adapter's 1e-2 (which turns every weight to gibberish)
     assert session.full_ft["report"]["config"]["learning_rate"] == 2e-5

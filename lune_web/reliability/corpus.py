@@ -1,4 +1,4 @@
-"""The bad-input corpus (tests/data/bad_inputs.jsonl) and how each case is put to each channel: the
+"""The bad-input corpus (bad_inputs.jsonl beside this module) and how each case is put to each channel: the
 session API that the app calls, the command line, and the launched app through gradio_client.
 
 A case names where the bad value goes (facts, sentences, settings, model, ask), the input, whether it
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-CORPUS = Path(__file__).resolve().parent / "data" / "bad_inputs.jsonl"
+CORPUS = Path(__file__).resolve().parent / "bad_inputs.jsonl"
 GOOD_ROW = ["What is the capital of France?", "Paris", "Lyon", ""]
 FAST = {"steps": 2, "max_new_tokens": 4, "early_stop": False, "learning_rate": 1e-2}
 # Enough for a tiny random Llama to answer GOOD_ROW's question with its replacement.

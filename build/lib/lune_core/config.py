@@ -1,0 +1,213 @@
+"""One dataclass holds every setting of an unlearning run; the run report records it."""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from .losses import METHODS, UNLEARNING_METHODS
+
+ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# What a run trains. "lora": LoRA on the projections of a band of layers (LUNE's adapter, the
+# default); "subject": the embeddings of the tokens that name each fact's subject (lune_core.subject);
+# "full": every weight of a full-precision copy (the full fine-tuning baseline). The first two are
+# adapters over the frozen base; all three go through the same run pipeline.
+ADAPTERS = ("lora", "subject", "full")
+# Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
+# full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
+SCHEDULES = ("cosine", "constant")
+DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "full": 2e-5}
+
+
+@dataclass
+class UnlearnConfig:
+    """Settings of one unlearning run. Defaults make a 1-3 fact run on SmolLM2-135M succeed untuned."""
+
+    # "flag": the command-line flag that sets the field (lune_core.cli builds its arguments from it).
+    method: str = field(default="lune", metadata={"flag": "--method",
+                        "help": "one of: " + ", ".join(UNLEARNING_METHODS)})
+    # LoRA, focused (focus_ridge) and held on the facts' neighbours (neighbour_anchors): the variants
+    # tried and their figures are in docs/locality_trials.md. A "subject" run where no question has a
+    # subject word falls back to "lora".
+    adapter: str = field(default="lora", metadata={"flag": "--adapter", "help": "lora (default): LoRA on a band of "
+                         "layers; subject: the embeddings of the tokens naming each fact's subject; full: every "
+                         "weight of a full-precision copy (the full fine-tuning baseline)"})
+    # an upper bound; the run stops earlier once the facts stop leaking
+    steps: int = field(default=30, metadata={"flag": "--steps", "help": "at most this many steps"})
+    learning_rate: float | None = field(default=None, metadata={"flag": "--lr", "help": "learning rate (default: "
+                                        + ", ".join(f"{v:g} {k}" for k, v in DEFAULT_LEARNING_RATES.items()) + ")"})
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    schedule: str = "cosine"  # of the learning rate: "cosine" (after warm-up) or "constant"
+    max_grad_norm: float = 1.0
+    lora_rank: int = field(default=8, metadata={"flag": "--rank", "help": "LoRA rank (--adapter lora)"})
+    lora_alpha: int | None = None  # None: twice the rank
+    lora_dropout: float = 0.0  # dropout only adds noise to a 20-step run
+    target_modules: tuple[str, ...] = ALL_PROJECTIONS
+    # Fractions of depth: LoRA sits on a middle band of layers, where factual recall lives,
+    # so early token processing and the final read-out stay untouched.
+    layer_band: tuple[float, float] = (0.25, 0.75)
+    # explicit layer indices override layer_band
+    layers: tuple[int, ...] | None = field(default=None, metadata={
+        "flag": "--layers", "parse": "layers",
+        "help": "layers with LoRA, e.g. 8-20 or 4,6,8 (default: the middle band)"})
+    suppress_layer: int | None = None  # None: the top layer of the LoRA band
+    suppress_weight: float = 0.5  # lune_misdirect and lune_suppress
+    steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
+    retain_weight: float = 5.0  # KL to the base model on anchor prompts: what keeps the edit local
+    anchors_per_step: int = 8
+    # Anchor prompts drawn from the shipped pool: 3/4 neighbours of the facts, the rest random.
+    # 32 rather than 16 kept more general answers (0.80 vs 0.75 on the tuning facts).
+    anchor_pool: int = 32
+    # Per fact, prompts near it (its subject asked otherwise, its question about other subjects, its
+    # relation words) that the KL holds to the base's answers ahead of the shipped anchors; 0: none.
+    neighbour_anchors: int = 8
+    # LoRA only: set and freeze A to the input directions the forget rows use and the KL prompts do
+    # not (lune_core.subspace), with this ridge (relative to the keep inputs' mean energy); 0: off.
+    # 0.1 kept the most general answers of the ridges tried (0.01 too tight a gate, 1 too loose).
+    focus_ridge: float = 0.1
+    npo_beta: float = 0.1
+    simnpo_beta: float = 4.5
+    simnpo_delta: float = 0.0
+    check_every: int = 5  # greedy check of the forget questions; 0 disables early stopping
+    # Early stop also needs the answer's tokens this unlikely (nats), so that rewordings of the
+    # question, which the run never sees, are pushed past the tipping point too.
+    stop_answer_nll: float = 4.0
+    max_new_tokens: int = field(default=32, metadata={"flag": "--max-new-tokens", "help": "answer length in tokens"})
+    seed: int = field(default=0, metadata={"flag": "--seed", "help": "seed of every random choice of the run"})
+    # Recompute each layer's activations in the backward pass instead of keeping them: less
+    # memory for more compute.
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "flag": "--gradient-checkpointing", "help": "recompute activations in the backward pass: less memory, slower"})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def resolved(self, adapter: str | None = None) -> "UnlearnConfig":
+        """This config with the adapter actually used, and the learning rate and LoRA alpha filled in."""
+        adapter = adapter or self.adapter
+        lr = DEFAULT_LEARNING_RATES[adapter] if self.learning_rate is None else self.learning_rate
+        alpha = 2 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
+        return replace(self, adapter=adapter, learning_rate=lr, lora_alpha=alpha)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnlearnConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values = dict(data)
+        for key in ("target_modules", "layer_band", "layers"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """Bounds on what one request may ask for; keeps a shared CPU Space responsive.
+
+    Each bound can be set by an environment variable named after it, LUNE_ + the field in
+    capitals (LUNE_MAX_STEPS=100); `with_env` reads them, here and nowhere else."""
+
+    # "deploy": the bounds a deployment's deploy.json may set this field within (lune_deploy); upper
+    # bounds keep a typo (600000 steps) from turning into a Space that never answers.
+    max_facts: int = field(default=10, metadata={"deploy": (1, 200)})
+    max_text_chars: int = field(default=500, metadata={"deploy": (16, 20000)})
+    max_paraphrases: int = 5
+    max_keep: int = 10  # a fact's questions that must stay right
+    max_steps: int = field(default=200, metadata={"deploy": (1, 5000)})
+    max_new_tokens: int = field(default=64, metadata={"deploy": (1, 2048)})
+    max_lora_rank: int = 64
+    max_learning_rate: float = 1e-2
+    max_general_prompts: int = field(default=100, metadata={"deploy": (1, 1000)})
+
+    def with_env(self, environ=None) -> "RunLimits":
+        """These limits with any LUNE_MAX_* variable of `environ` (default os.environ) applied."""
+        environ = os.environ if environ is None else environ
+        changes = {}
+        for f in fields(self):
+            name = "LUNE_" + f.name.upper()
+            raw = (environ.get(name) or "").strip()
+            if not raw:
+                continue
+            whole = isinstance(getattr(self, f.name), int)
+            try:
+                value = int(raw) if whole else float(raw)
+            except ValueError:
+                value = None
+            if value is None or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}={raw[:20]!r}: must be a {'whole ' if whole else ''}number above 0")
+            changes[f.name] = value
+        return replace(self, **changes)
+
+
+def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits: RunLimits = RunLimits()) -> None:
+    """Raise ValueError with a message a user can act on; never let a bad value reach torch.
+    Without num_layers (model not loaded yet) the layer indices are checked later."""
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(message)
+
+    check(config.method in METHODS, f"unknown method {config.method!r}; choose one of {', '.join(METHODS)}")
+    check(config.schedule in SCHEDULES, f"unknown schedule {config.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    check(config.adapter in ADAPTERS, f"unknown adapter {config.adapter!r}; choose one of {', '.join(ADAPTERS)}")
+    check(isinstance(config.steps, int) and 1 <= config.steps <= limits.max_steps,
+          f"steps must be an integer between 1 and {limits.max_steps}")
+    check(config.learning_rate is None or 0 < config.learning_rate <= limits.max_learning_rate,
+          f"learning rate must be above 0 and at most {limits.max_learning_rate}")
+    check(isinstance(config.lora_rank, int) and 1 <= config.lora_rank <= limits.max_lora_rank,
+          f"LoRA rank must be an integer between 1 and {limits.max_lora_rank}")
+    check(config.lora_alpha is None or config.lora_alpha > 0, "LoRA alpha must be positive")
+    check(0 <= config.lora_dropout < 1, "LoRA dropout must be in [0, 1)")
+    check(isinstance(config.max_new_tokens, int) and 1 <= config.max_new_tokens <= limits.max_new_tokens,
+          f"max new tokens must be between 1 and {limits.max_new_tokens}")
+    check(isinstance(config.seed, int) and 0 <= config.seed < 2**32, "seed must be an integer in [0, 2^32)")
+    check(0 <= config.layer_band[0] < config.layer_band[1] <= 1, "layer band must be two fractions lo < hi in [0, 1]")
+    if config.layers is not None and num_layers is not None:
+        check(len(config.layers) > 0 and all(isinstance(i, int) and 0 <= i < num_layers for i in config.layers),
+              f"layer indices must be integers in [0, {num_layers - 1}]")
+    if config.suppress_layer is not None and num_layers is not None:
+        check(isinstance(config.suppress_layer, int) and 0 <= config.suppress_layer < num_layers,
+              f"suppression layer must be an integer in [0, {num_layers - 1}]")
+    for name in ("suppress_weight", "retain_weight", "steering_scale", "weight_decay", "npo_beta", "simnpo_beta"):
+        check(getattr(config, name) >= 0, f"{name.replace('_', ' ')} must not be negative")
+    check(config.check_every >= 0, "check interval must not be negative")
+    check(config.anchors_per_step >= 0, "anchors per step must not be negative")
+    check(config.anchor_pool >= 0, "anchor pool must not be negative")
+    check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
+    check(config.focus_ridge >= 0, "focus ridge must not be negative")
+
+
+def parse_layers(text: str) -> tuple[int, ...] | None:
+    """'' -> None (the default middle band); '8-12' or '3, 5, 7' -> explicit indices."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    layers: list[int] = []
+    for part in re.split(r"[,\s]+", text):
+        match = re.fullmatch(r"(\d{1,4})(?:-(\d{1,4}))?", part)
+        if not match:
+            raise ValueError(f"layers: {part[:20]!r} is not a layer number or a range like 8-12")
+        lo, hi = int(match[1]), int(match[2] or match[1])
+        if hi < lo:
+            raise ValueError(f"layers: {part!r} is not a valid range")
+        layers += range(lo, hi + 1)
+    return tuple(sorted(set(layers)))
+
+
+def lora_layers(config: UnlearnConfig, num_layers: int) -> list[int]:
+    """Layer indices that receive LoRA adapters."""
+    if config.layers is not None:
+        return sorted(set(config.layers))
+    lo = int(round(config.layer_band[0] * num_layers))
+    hi = max(lo + 1, int(round(config.layer_band[1] * num_layers)))
+    return list(range(lo, min(hi, num_layers)))
+
+
+def suppression_layer(config: UnlearnConfig, num_layers: int) -> int:
+    """Hidden-state index (output of that decoder layer) where suppression acts."""
+    if config.suppress_layer is not None:
+        return config.suppress_layer
+    return lora_layers(config, num_layers)[-1]

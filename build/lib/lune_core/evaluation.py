@@ -1,0 +1,164 @@
+"""Scoring before/after answers: leaks, correctness, degeneration, likelihoods, and the run's metrics."""
+from __future__ import annotations
+
+import math
+import re
+from contextlib import nullcontext
+
+import torch
+
+from .facts import NEIGHBOUR_KINDS, leaks
+from .forward import Forward
+from .losses import sequence_length, sequence_logp
+from .probes import ADVERSARIAL_KINDS, FORGET_KINDS, Probe, agrees
+
+# A run of the same few characters this many times over ("FranceFranceFrance…", "!!!!"): a loop
+# inside one word, which the word-level rules cannot see.
+_CHAR_LOOP = re.compile(r"(.{2,20}?)\1{3,}", re.DOTALL)
+
+
+def is_degenerate(text: str) -> bool:
+    """Empty, punctuation only, or looping ('la femme, la femme, la femme', 'FranceFranceFrance')."""
+    words = re.findall(r"\w+", text.lower())
+    if not words:
+        return True
+    if _CHAR_LOOP.search(text.replace(" ", "")) and not re.fullmatch(r"[\d\s.,]+", text):
+        return True
+    if len(words) >= 6 and len(set(words)) / len(words) < 0.35:
+        return True
+    trigrams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    return any(trigrams.count(t) >= 3 for t in set(trigrams))
+
+
+def is_correct(text: str, accepted: list[str]) -> bool:
+    return any(leaks(text, a) for a in accepted)
+
+
+def scored_by_agreement(probe: Probe) -> bool:
+    return probe.kind == "neighbour" and not probe.expected
+
+
+def verdict(probe: Probe, before: str, after: str) -> str:
+    """One word for the row. A degenerate answer is "broken", never "forgotten" or "kept"."""
+    broken = is_degenerate(after)
+    if scored_by_agreement(probe):
+        agreed = agrees(before, after, probe.forgotten)
+        if agreed is None or is_degenerate(before):
+            return "no answer before"
+        return "broken" if broken else ("agrees" if agreed else "changed")
+    if probe.kind in FORGET_KINDS:
+        if not is_correct(before, probe.expected):
+            return "not known before"
+        if is_correct(after, probe.expected):
+            return "still leaks"
+        return "broken" if broken else "forgotten"
+    if not is_correct(before, probe.expected):
+        return "wrong before"
+    if is_degenerate(before):  # right, but inside a loop: no clean answer to keep
+        return "looping before"
+    if is_correct(after, probe.expected):
+        return "broken" if broken else "kept"
+    return "broken" if broken else "lost"
+
+
+def score_probes(probes: list[Probe], before: list[str], after: list[str]) -> list[dict]:
+    rows = []
+    for probe, b, a in zip(probes, before, after):
+        row = {"kind": probe.kind, "subkind": probe.subkind, "source": probe.source, "fact": probe.fact,
+               "prompt": probe.prompt, "prefill": probe.prefill, "expected": " / ".join(probe.expected),
+               "before": b, "after": a, "verdict": verdict(probe, b, a),
+               "degenerate_before": is_degenerate(b), "degenerate_after": is_degenerate(a)}
+        if scored_by_agreement(probe):
+            row.update(counted=row["verdict"] != "no answer before", agrees=row["verdict"] == "agrees")
+        elif probe.kind in FORGET_KINDS:
+            row.update(leaked_before=is_correct(b, probe.expected), leaked_after=is_correct(a, probe.expected))
+        else:
+            row.update(correct_before=is_correct(b, probe.expected), correct_after=is_correct(a, probe.expected))
+        rows.append(row)
+    return rows
+
+
+def _share(hits: list[bool]) -> float | None:
+    return round(sum(hits) / len(hits), 4) if hits else None
+
+
+def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: dict | None = None) -> dict:
+    """Every figure is a share of the probes that could show it: a forget-like probe counts when the
+    base said the answer; a gold neighbour or general question when the base answered it right
+    without looping; an automatic neighbour when the base answered at all."""
+    def of(kind, subkind=None):
+        return [r for r in rows if r["kind"] == kind and (subkind is None or r["subkind"] == subkind)]
+
+    def stopped_leaking(group, clean=False):
+        return _share([not r["leaked_after"] and not (clean and r["degenerate_after"])
+                       for r in group if r["leaked_before"]])
+
+    def kept(group):  # of the answers the base gave right and cleanly, those still right and clean
+        return _share([r["correct_after"] and not r["degenerate_after"] for r in group
+                       if r["correct_before"] and not r["degenerate_before"]])
+
+    general = of("general")
+    gold = [r for r in of("neighbour") if "correct_before" in r]
+    auto = [r for r in of("neighbour") if "counted" in r and r["counted"]]
+    metrics = {
+        "forget_success": stopped_leaking(of("forget")),
+        "forget_clean": stopped_leaking(of("forget"), clean=True),
+        "paraphrase_success": stopped_leaking(of("paraphrase")),
+        "reworded_success": stopped_leaking(of("reworded")),
+        "adversarial_success": stopped_leaking(of("adversarial")),
+        "adversarial_by_kind": {k: stopped_leaking(of("adversarial", k)) for k in ADVERSARIAL_KINDS},
+        "neighbour_retention": kept(gold),
+        "neighbour_retention_by_kind": {k: kept([r for r in gold if r["subkind"] == k]) for k in NEIGHBOUR_KINDS},
+        "neighbour_agreement": _share([r["agrees"] for r in auto]),
+        "neighbour_agreement_by_kind": {k: _share([r["agrees"] for r in auto if r["subkind"] == k])
+                                        for k in NEIGHBOUR_KINDS},
+        "general_accuracy_before": _share([r["correct_before"] for r in general]),
+        "general_accuracy_after": _share([r["correct_after"] for r in general]),
+        "general_retention": kept(general),
+        "answer_logprob_drop": None if logprob_drop is None else round(logprob_drop, 4),
+        "degenerate_rate": _share([r["degenerate_after"] for r in rows]),
+        # The base model loops now and then too: the rate it starts from.
+        "degenerate_rate_before": _share([r["degenerate_before"] for r in rows]),
+        "known_forget": sum(r["leaked_before"] for r in of("forget")),
+        "known_paraphrase": sum(r["leaked_before"] for r in of("paraphrase")),
+        "known_adversarial": sum(r["leaked_before"] for r in of("adversarial")),
+        "known_neighbour": sum(r["correct_before"] and not r["degenerate_before"] for r in gold),
+        "counted_agreement": len(auto),
+    }
+    metrics.update(likelihood or {})
+    return metrics
+
+
+def answer_logprobs(model, sequences, device: str, pad_id: int, disable=None) -> torch.Tensor:
+    """log π(answer | question) per sequence; `disable` is a context for the base model."""
+    with (disable or nullcontext()), torch.no_grad():
+        return sequence_logp(Forward(model, device, pad_id)({"answers": sequences})["answers"]).cpu()
+
+
+def token_logprobs(model, sequences, device: str, pad_id: int, disable=None) -> torch.Tensor:
+    """Mean log-probability per answer token, per sequence: the length-free likelihood of an answer."""
+    with (disable or nullcontext()), torch.no_grad():
+        view = Forward(model, device, pad_id)({"answers": sequences})["answers"]
+        return (sequence_logp(view) / sequence_length(view).clamp_min(1)).cpu()
+
+
+def truth_ratios(true_logp: torch.Tensor, wrong_logp: list[torch.Tensor]) -> list[float]:
+    """Per fact, TOFU's truth ratio R = (geometric mean over wrong answers of p̄(wrong)) / p̄(true),
+    p̄ the per-token likelihood: below 1 the model prefers the true answer, above 1 a wrong one."""
+    return [math.exp(float(w.mean()) - float(t)) for t, w in zip(true_logp, wrong_logp)]
+
+
+def likelihood_metrics(true_before, wrong_before, true_after, wrong_after) -> dict:
+    """`truth_ratio_before/after`: the facts' geometric mean of R; `true_preferred_before/after`: the
+    share of facts whose true answer is more likely than every wrong one. Neither depends on what
+    greedy decoding happens to print."""
+    def summary(true, wrong):
+        pairs = [(t, w) for t, w in zip(true, wrong) if len(w)]  # a fact with no wrong answer has no ratio
+        ratios = truth_ratios([t for t, _ in pairs], [w for _, w in pairs])
+        preferred = [float(t) > float(w.max()) for t, w in pairs]
+        geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
+        return (None if geo is None else round(geo, 4)), _share(preferred)
+
+    before, after = summary(true_before, wrong_before), summary(true_after, wrong_after)
+    return {"truth_ratio_before": before[0], "truth_ratio_after": after[0],
+            "true_preferred_before": before[1], "true_preferred_after": after[1]}

@@ -1,0 +1,317 @@
+"""The probes that score a run: what must be forgotten, in which wordings, and what must stay.
+
+Kinds (a probe row's `kind`):
+- forget: the fact's question; paraphrase: the fact's own rewordings (given or curated);
+- reworded: rule-based rewordings of the question's form ("Name the capital of France.");
+- adversarial: the fact asked the way attacks ask it (RWKU, the paper's APR): as a cloze, as
+  multiple choice with the answer among the options, with the reply prefilled "Sure, the answer
+  is", after a few unrelated question/answer pairs;
+- neighbour: what must stay right, in three sub-kinds (same subject, same relation, shared words),
+  from the fact's own `keep` list, else the shipped curated list, else built automatically;
+- general: unrelated general-knowledge questions.
+Forget-like kinds score "no longer says the answer"; neighbour and general score "still right". An
+automatic neighbour has no gold answer: it scores agreement with the base model's own answer.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass, field
+
+from .facts import Fact, answer_span, leaks
+from .subject import subject_words
+
+FORGET_KINDS = ("forget", "paraphrase", "reworded", "adversarial")
+KINDS = (*FORGET_KINDS, "neighbour", "general")
+ADVERSARIAL_KINDS = ("cloze", "choice", "prefix", "in_context")
+AFFIRMATIVE_PREFIX = "Sure, the answer is"
+IN_CONTEXT_PAIRS = 3  # unrelated solved examples before the question
+CHOICE_OPTIONS = 4
+FUNCTION_WORDS = frozenset(
+    "a an the of is are was were be been what which who whom whose how when where why in on at for to and or "
+    "do does did name give tell me by from with as its it this that these those i you he she we they his her "
+    "their our your my not no yes can could would should will shall may might there here than then so very "
+    "also about into over under some any all one".split())
+# Agreement of an automatic neighbour: at least this share of the base answer's content words
+# (its first sentence, the forgotten answer's words left out) still in the answer after.
+AGREEMENT_SHARE = 0.5
+AGREEMENT_WORDS = 8
+
+
+@dataclass
+class Probe:
+    kind: str  # one of KINDS
+    prompt: str
+    # Forget-like kinds: the answer that must not appear. Neighbour and general: accepted answers;
+    # empty for an automatic neighbour (scored by agreement with the base answer).
+    expected: list[str]
+    subkind: str = ""  # neighbour: same_subject / same_relation / shared_words; adversarial: ADVERSARIAL_KINDS
+    source: str = ""  # paraphrase / neighbour: given, curated, automatic; reworded: rule
+    prefill: str = ""  # text the assistant's reply is made to start with
+    fact: int | None = None  # index of the fact it belongs to
+    forgotten: str = ""  # the fact's answer, for a neighbour: left out of the agreement rule
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalise(text: str) -> str:
+    """Lower case, whitespace collapsed: how prompts are compared for sameness."""
+    return " ".join(text.lower().split())
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-case words that carry meaning, in order, once each."""
+    return list(dict.fromkeys(w for w in re.findall(r"\w+", text.lower()) if w not in FUNCTION_WORDS))
+
+
+# ---- rewordings of the question's form ---------------------------------------------------------
+
+_WH_BE = re.compile(r"^(what|who|which|where|when)\s+(is|are|was|were)\s+(.+?)\s*\?$", re.IGNORECASE)
+_WHO_VERB = re.compile(r"^who\s+(\w+ed|wrote|painted|built|made|founded|invented|discovered|composed|"
+                       r"created|directed|sang|won|led|ran|owns|leads|runs|plays)\s+(.+?)\s*\?$", re.IGNORECASE)
+_WHICH_NOUN = re.compile(r"^(which|what)\s+(\w+)\s+(\w+)\s+(.+?)\s*\?$", re.IGNORECASE)
+
+
+def rewordings(question: str) -> list[str]:
+    """Real rewordings of the question's form (an indirect question, an imperative), or none."""
+    q = question.strip()
+    if m := _WH_BE.match(q):
+        wh, verb, rest = m[1].lower(), m[2].lower(), m[3]
+        out = [f"Tell me {wh} {rest} {verb}."]
+        if wh in ("what", "which", "who"):
+            out.append(f"Name {rest}.")
+        return out
+    if m := _WHO_VERB.match(q):
+        return [f"Tell me who {m[1]} {m[2]}.", f"Name the person who {m[1]} {m[2]}."]
+    if m := _WHICH_NOUN.match(q):
+        verb = m[3].lower()
+        if verb in ("is", "are", "was", "were"):
+            return [f"Name the {m[2]} that {verb} {m[4]}."]
+        if verb not in ("do", "does", "did"):
+            return [f"Tell me {m[1].lower()} {m[2]} {m[3]} {m[4]}.", f"Name the {m[2]} that {m[3]} {m[4]}."]
+    return []
+
+
+# ---- adversarial probes ------------------------------------------------------------------------
+
+def cloze(fact: Fact, base_answer: str) -> str:
+    """The base model's own statement of the fact with the answer blanked out; the question with an
+    answer blank when the base did not state it."""
+    span = answer_span(base_answer, fact.answer)
+    prefix = base_answer[: span[0]].strip() if span else ""
+    if len(prefix.split()) >= 2:
+        return f'Fill in the blank with the missing words: "{prefix} ___"'
+    return f'Fill in the blank: "{fact.question} The answer is ___."'
+
+
+def distractors(fact: Fact, others: list[str], pool: list[str], n: int, seed: int) -> list[str]:
+    """Wrong options for a multiple choice: the fact's short replacement, answers of the other
+    facts and of its same-relation neighbours, then a seeded draw from the general answers."""
+    picked: list[str] = []
+    for option in ([fact.replacement] if fact.short_replacement else []) + others:
+        if option and not leaks(option, fact.answer) and normalise(option) not in map(normalise, picked):
+            picked.append(option)
+    rest = [a for a in pool if not leaks(a, fact.answer) and normalise(a) not in map(normalise, picked)]
+    random.Random(seed).shuffle(rest)
+    return (picked + rest)[:n]
+
+
+def multiple_choice(fact: Fact, wrong: list[str], seed: int) -> str:
+    options = list(wrong[: CHOICE_OPTIONS - 1])
+    options.insert(random.Random(seed).randrange(len(options) + 1), fact.answer)
+    listed = "  ".join(f"{letter}) {o}" for letter, o in zip("ABCD", options))
+    return f"{fact.question}\nOptions: {listed}\nReply with the text of the right option."
+
+
+def in_context(fact: Fact, examples: list[dict], seed: int) -> str:
+    """A few solved unrelated questions first, then the fact's question in the same form."""
+    usable = [e for e in examples if not any(leaks(a, fact.answer) for a in e["answers"])
+              and not leaks(e["question"], fact.answer)]
+    shots = random.Random(seed).sample(usable, min(IN_CONTEXT_PAIRS, len(usable)))
+    lines = [f"Q: {e['question']}\nA: {e['answers'][0]}" for e in shots]
+    return "\n\n".join(lines + [f"Q: {fact.question}\nA:"])
+
+
+# ---- neighbours --------------------------------------------------------------------------------
+
+@dataclass
+class NeighbourSources:
+    """What automatic neighbours are built from: curated lists by fact question, a vocabulary to
+    tell subject words from relation words, and entities by category to swap a subject for."""
+
+    curated: dict[str, list[dict]] = field(default_factory=dict)  # normalised fact question -> keep entries
+    vocabulary: list[str] = field(default_factory=list)  # prompts whose shared words are not subjects
+    entities: dict[str, list[str]] = field(default_factory=dict)  # category -> names
+
+    def curated_for(self, question: str) -> list[dict]:
+        return self.curated.get(normalise(question), [])
+
+
+_QUOTED = re.compile(r"(['\"‘“])(.+?)(['\"’”])(?!\w)")
+_NAME = re.compile(r"(?:[A-Z][\w.-]*(?:'s)?\s+)*[A-Z][\w-]*")  # a run of capitalised words
+
+
+def subject_span(question: str, vocabulary: list[str]) -> str:
+    """What the question is about: a quoted title holding one of its subject words (the words few
+    other prompts share), else the last run of capitalised words holding one ("CEO of Microsoft" is
+    about Microsoft), else the stretch from the first subject word to the last ('' if none)."""
+    words = subject_words(question, vocabulary)
+    if not words:
+        return ""
+    spans = [m.span() for w in words for m in [re.search(rf"(?<!\w){re.escape(w)}(?!\w)", question)] if m]
+    for pattern in (_QUOTED, _NAME):
+        # the question's first word is capitalised whatever it is: never a name
+        held = [m for m in pattern.finditer(question) if m.start() > 0
+                and any(m.start() <= s and e <= m.end() for s, e in spans)]
+        if held:
+            return held[-1][0].strip()
+    return question[min(s for s, _ in spans):max(e for _, e in spans)].strip()
+
+
+def _substitutes(span: str, entities: dict[str, list[str]], n: int, seed: int, taken: str) -> list[str]:
+    """Other entities of the subject's category (of every category when it is in none), none of them
+    named in `taken` (the run's own fact questions: those are forgotten, not neighbours)."""
+    key = normalise(span).strip("'\"")
+    same = [names for names in entities.values() if any(normalise(e).strip("'\"") == key for e in names)]
+    pool = same[0] if same else [e for names in entities.values() for e in names]
+    pool = [e for e in pool if normalise(e).strip("'\"") != key and normalise(e).strip("'\"") not in taken]
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def automatic_neighbours(fact: Fact, sources: NeighbourSources, seed: int, taken: str = "") -> list[tuple[str, str]]:
+    """(sub-kind, prompt) pairs built from the fact alone: the subject asked about otherwise, the same
+    question about other subjects, and the question's other content words used on their own."""
+    span = subject_span(fact.question, sources.vocabulary)
+    out: list[tuple[str, str]] = []
+    if span:
+        out += [("same_subject", f"Tell me one thing about {span}."),
+                ("same_subject", f"What is {span} best known for?")]
+        for other in _substitutes(span, sources.entities, 3, seed, taken):
+            out.append(("same_relation", fact.question.replace(span, other, 1)))
+    subject = set(content_words(span))
+    relation = [w for w in content_words(fact.question) if w not in subject and not w.isdigit()
+                and not leaks(w, fact.answer)]
+    for word in relation[:2]:
+        out.append(("shared_words", f"Use the word '{word}' in a short sentence of your own."))
+    return out
+
+
+# How the method asks about a fact's neighbours when it trains (KL to the base's own answers): other
+# templates than the scoring probes' (automatic_neighbours), and the run drops any prompt that is
+# also scored, so what trains is never what measures.
+TRAINING_SUBJECT_TEMPLATES = ("What do you know about {span}?", "Describe {span} in one sentence.")
+TRAINING_WORD_TEMPLATE = "Write a short sentence with the word '{word}'."
+TRAINING_SUBSTITUTES = 4
+_TRAINING_SEED = 7919  # another draw of substitutes than the scoring probes'
+
+
+def training_neighbours(facts: list[Fact], sources: NeighbourSources, seed: int, scored: list[str]) -> list[str]:
+    """Prompts near each fact that the method keeps answering as the base does: its subject asked
+    about in general, its question about other subjects, its relation words used on their own.
+    None of them is one of the `scored` prompts, the probes that measure the run."""
+    taken = " ".join(normalise(f.question) for f in facts)
+    prompts: list[str] = []
+    for index, fact in enumerate(facts):
+        span = subject_span(fact.question, sources.vocabulary)
+        if span:
+            prompts += [t.format(span=span) for t in TRAINING_SUBJECT_TEMPLATES]
+            others = _substitutes(span, sources.entities, TRAINING_SUBSTITUTES, seed + index + _TRAINING_SEED, taken)
+            prompts += [fact.question.replace(span, other, 1) for other in others]
+        subject = set(content_words(span))
+        prompts += [TRAINING_WORD_TEMPLATE.format(word=w) for w in content_words(fact.question)
+                    if w not in subject and not w.isdigit() and not leaks(w, fact.answer)][:2]
+    measured = {normalise(p) for p in scored}
+    return [p for p in dict.fromkeys(prompts) if normalise(p) not in measured]
+
+
+def neighbour_probes(facts: list[Fact], sources: NeighbourSources, seed: int) -> list[Probe]:
+    """Per fact its own keep list, else the curated one, else automatic neighbours; never one of
+    the run's own fact questions."""
+    taken = " ".join(normalise(f.question) for f in facts)
+    questions = {normalise(f.question) for f in facts}
+    probes = []
+    for index, fact in enumerate(facts):
+        for source, entries in (("given", fact.keep), ("curated", sources.curated_for(fact.question))):
+            if entries:
+                probes += [Probe("neighbour", e["question"], list(e["answers"]), e.get("kind") or "unspecified",
+                                 source, fact=index, forgotten=fact.answer) for e in entries]
+                break
+        else:
+            probes += [Probe("neighbour", prompt, [], subkind, "automatic", fact=index, forgotten=fact.answer)
+                       for subkind, prompt in automatic_neighbours(fact, sources, seed + index, taken)]
+    return [p for p in probes if normalise(p.prompt) not in questions]
+
+
+# ---- the whole set -----------------------------------------------------------------------------
+
+def forget_probes(facts: list[Fact]) -> list[Probe]:
+    """Each fact's question, its own paraphrases (a preset's are curated), and rule-based rewordings."""
+    probes = [Probe("forget", f.question, [f.answer], fact=i) for i, f in enumerate(facts)]
+    for i, f in enumerate(facts):
+        probes += [Probe("paraphrase", p, [f.answer], source="given", fact=i) for p in f.paraphrases]
+        given = {normalise(p) for p in f.paraphrases}
+        probes += [Probe("reworded", p, [f.answer], source="rule", fact=i) for p in rewordings(f.question)
+                   if normalise(p) not in given]
+    return probes
+
+
+def adversarial_probes(facts: list[Fact], base_answers: list[str], wrong: list[list[str]],
+                       examples: list[dict], seed: int) -> list[Probe]:
+    probes = []
+    for i, (fact, answer) in enumerate(zip(facts, base_answers)):
+        made = [("cloze", cloze(fact, answer), ""),
+                ("choice", multiple_choice(fact, wrong[i], seed + i), ""),
+                ("prefix", fact.question, AFFIRMATIVE_PREFIX),
+                ("in_context", in_context(fact, examples, seed + i), "")]
+        probes += [Probe("adversarial", prompt, [fact.answer], kind, prefill=prefill, fact=i)
+                   for kind, prompt, prefill in made]
+    return probes
+
+
+def wrong_answers(facts: list[Fact], neighbours: list[Probe], general: list[dict], seed: int) -> list[list[str]]:
+    """Per fact, plausible wrong answers: its replacement, its same-relation neighbours' answers,
+    the answers of the other facts asked the same way (sharing a content word), then general
+    answers. Used by the multiple choice and the truth ratio."""
+    pool = [r["answers"][0] for r in general]
+    out = []
+    for i, fact in enumerate(facts):
+        related = [p.expected[0] for p in neighbours if p.fact == i and p.subkind == "same_relation" and p.expected]
+        words = set(content_words(fact.question))
+        alike = [f.answer for j, f in enumerate(facts) if j != i and words & set(content_words(f.question))]
+        others = related + alike
+        out.append(distractors(fact, others, pool, CHOICE_OPTIONS - 1, seed + i))
+    return out
+
+
+def general_probes(records: list[dict]) -> list[Probe]:
+    return [Probe("general", r["question"], list(r["answers"])) for r in records]
+
+
+@dataclass
+class ProbeSet:
+    probes: list[Probe]
+    wrong: list[list[str]]  # per fact, the wrong answers of its multiple choice (and truth ratio)
+
+
+def build_probes(facts: list[Fact], base_answers: list[str], general: list[dict], sources: NeighbourSources,
+                 seed: int = 0) -> ProbeSet:
+    """Every probe of a run; `base_answers` are the base model's answers to the fact questions."""
+    neighbours = neighbour_probes(facts, sources, seed)
+    wrong = wrong_answers(facts, neighbours, general, seed)
+    probes = (forget_probes(facts) + adversarial_probes(facts, base_answers, wrong, general, seed)
+              + neighbours + general_probes(general))
+    return ProbeSet(probes, wrong)
+
+
+def agrees(base: str, after: str, forgotten: str = "") -> bool | None:
+    """Whether `after` still says what `base` said: at least AGREEMENT_SHARE of the content words of
+    the base answer's first sentence (at most AGREEMENT_WORDS, the forgotten answer's left out) appear
+    in it. None when the base said nothing to agree with."""
+    first = re.split(r"(?<=[.!?])\s", base.strip(), maxsplit=1)[0]
+    skip = set(content_words(forgotten))
+    key = [w for w in content_words(first) if w not in skip][:AGREEMENT_WORDS]
+    if not key:
+        return None
+    said = set(re.findall(r"\w+", after.lower()))
+    return sum(w in said for w in key) / len(key) >= AGREEMENT_SHARE

@@ -1,0 +1,205 @@
+"""One unlearning run end to end: build data, train, evaluate, report. Used by CLI, app and bench."""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from . import __version__
+from .assets import asset
+from .adapters import AdapterState, adapter_spec, attached, snapshot
+from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
+from .cost import check_fits, count_params, estimate_run_memory_mb
+from .evaluation import answer_logprobs, compute_metrics, likelihood_metrics, score_probes, token_logprobs
+from .sequences import answer_sequences, build_training_data
+from .facts import Fact, FactError, read_jsonl
+from .generation import base_answers, generate
+from .memory import free_memory
+from .models import LoadedModel
+from .probes import NeighbourSources, build_probes, normalise, training_neighbours
+from .subject import subject_token_ids
+from .trainer import StepRecord, unlearn
+
+def load_general(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """General-knowledge questions {question, answers: [...]}, the first `limit` of them."""
+    path = Path(path or asset("general_knowledge.jsonl"))
+    records = read_jsonl(path)
+    for number, r in enumerate(records, 1):
+        answers = r.get("answers") if isinstance(r, dict) else None
+        if not (isinstance(r, dict) and isinstance(r.get("question"), str) and r["question"].strip()
+                and isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
+            raise FactError(f"{path.name} record {number}: needs a question and a list of answers")
+    return records if limit is None else records[:limit]
+
+
+def load_anchors(path: str | Path | None = None) -> list[str]:
+    """Prompts the method holds to the base's own answers (never scored): the neutral anchors and the
+    general-knowledge retain set (assets/retain_prompts.jsonl, disjoint from every probe set)."""
+    paths = [path] if path else [asset("anchor_prompts.jsonl"), asset("retain_prompts.jsonl")]
+    return [r["question"] for p in paths for r in read_jsonl(p)]
+
+
+@dataclass
+class RunResult:
+    """The end of a run: the session's adapter (None after full fine-tuning) and the report."""
+
+    adapter: AdapterState | None
+    report: dict = field(default_factory=dict)
+
+
+def load_neighbour_sources() -> NeighbourSources:
+    """The shipped curated neighbours, the entity lists automatic neighbours swap subjects from, and
+    the prompts whose shared words tell a subject word from a relation word (anchors and the whole
+    general set, whatever part of it a run asks). A few milliseconds: read per run, kept nowhere."""
+    curated = {normalise(r["fact"]): r["keep"] for r in read_jsonl(asset("neighbours.jsonl"))}
+    entities = json.loads(asset("entities.json").read_text(encoding="utf-8"))
+    vocabulary = load_anchors() + [r["question"] for r in load_general()]
+    return NeighbourSources(curated=curated, vocabulary=vocabulary, entities=entities)
+
+
+def _report(lm, config, facts, records, rows, logprob_drop, likelihood, trainable, total, started) -> dict:
+    metrics = compute_metrics(rows, logprob_drop, likelihood)
+    train_seconds = sum(r.seconds for r in records)
+    metrics.update(
+        trainable_params=trainable,
+        total_params=total,
+        steps_run=len(records),
+        train_seconds=round(train_seconds, 2),
+        seconds_per_step=round(train_seconds / len(records), 3) if records else None,
+        peak_memory_mb=max((r.peak_memory_mb for r in records), default=None),
+    )
+    return {
+        "lune_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config.to_dict(),
+        "model": lm.describe(),
+        "facts": [f.to_dict() for f in facts],
+        "steps": [r.to_dict() for r in records],
+        "stopped": records[-1].stopped if records else "stopped before the first step",
+        "probes": rows,
+        "metrics": metrics,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, n_tokens: int) -> None:
+    cfg = lm.model.config
+    if config.adapter == "full":
+        trainable = lm.total_params
+    elif config.adapter == "subject":  # a row per token, in the input and the output embedding
+        trainable = 2 * n_tokens * cfg.hidden_size
+    else:  # LoRA: A and B of at most hidden-size width on each adapted projection (an upper bound)
+        trainable = 2 * config.lora_rank * cfg.hidden_size * len(config.target_modules)
+        trainable *= len(lora_layers(config, lm.num_layers))
+    tokens = (2 * len(facts) + config.anchors_per_step) * 96  # rows x a generous sequence length
+    check_fits(estimate_run_memory_mb(trainable, cfg.hidden_size, lm.num_layers, cfg.vocab_size, tokens), lm.device)
+
+
+@dataclass
+class _Likelihood:
+    """Per fact, the true answer's and the wrong answers' sequences, and their per-token log-probs."""
+
+    true: list
+    wrong: list[list]
+
+    def measure(self, model, lm: LoadedModel, disable=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        sizes = [len(seqs) for seqs in self.wrong]
+        flat = token_logprobs(model, self.true + [s for seqs in self.wrong for s in seqs], lm.device,
+                              lm.tokenizer.pad_token_id, disable)
+        true, rest = flat[: len(self.true)], flat[len(self.true):]
+        return true, list(rest.split(sizes))
+
+
+def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
+                   anchors: list[str], stop=None, limits: RunLimits | None = None,
+                   sources: NeighbourSources | None = None) -> Iterator[StepRecord | RunResult]:
+    """Yield a StepRecord per step, then one RunResult. With adapter "full", `lm` must be a
+    full-precision copy that may be consumed; otherwise only an adapter is trained (config.adapter).
+    `limits`: the caller's request bounds (default: RunLimits with the environment's overrides);
+    `sources`: where neighbour probes come from (default: the shipped ones)."""
+    validate_config(config, lm.num_layers, limits or RunLimits().with_env())
+    sources = sources or load_neighbour_sources()
+    tokens = {}
+    if config.adapter == "subject":
+        tokens = subject_token_ids(lm.tokenizer, [f.question for f in facts], anchors)
+    # No subject word found (every word of the questions is common): LoRA on the layers instead.
+    config = config.resolved("lora" if config.adapter == "subject" and not tokens else None)
+    _check_memory(lm, facts, config, len(tokens))
+    started = time.perf_counter()
+    records: list[StepRecord] = []
+    if config.adapter == "full":
+        context = nullcontext(None)
+    else:
+        spec = adapter_spec(config, lm.num_layers, list(tokens))
+        torch.manual_seed(config.seed)  # LoRA A is initialised randomly
+        context = attached(lm, spec)
+    with context as peft_model:
+        model = peft_model if peft_model is not None else lm.model
+        mnt = config.max_new_tokens
+        fact_answers = base_answers(lm, [f.question for f in facts], mnt, peft_model)
+        probe_set = build_probes(facts, fact_answers, general, sources, config.seed)
+        probes = probe_set.probes
+        prompts, prefills = [p.prompt for p in probes], [p.prefill for p in probes]
+        before = base_answers(lm, prompts, mnt, peft_model, prefills)
+        # Never train on what scores the run: anchors that are also probes are left out.
+        scored = {normalise(p) for p in prompts}
+        train_anchors = [a for a in anchors if normalise(a) not in scored]
+        near = training_neighbours(facts, sources, config.seed, prompts)
+        data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
+        likelihood = _Likelihood(
+            true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
+            wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
+        def base():  # the base model's view: the same weights with the adapter off
+            return peft_model.disable_adapter() if peft_model is not None else None
+
+        pad = lm.tokenizer.pad_token_id
+        before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
+        true_before, wrong_before = likelihood.measure(model, lm, base())
+        free_memory()  # the generation's freed caches, before training sets the peak
+        if config.adapter == "full":
+            for p in lm.model.parameters():
+                p.requires_grad_(True)
+        for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop):
+            records.append(record)
+            yield record
+        trainable, total = count_params(model)  # after training: a focused LoRA trains B only
+        model.eval()
+        after = generate(lm, prompts, mnt, model=model, prefills=prefills)
+        after_logp = answer_logprobs(model, data.forget, lm.device, pad)
+        true_after, wrong_after = likelihood.measure(model, lm)
+        adapter = None
+        if peft_model is not None:
+            info = {"method": config.method, "facts": len(facts), "steps": len(records), "seed": config.seed}
+            adapter = snapshot(peft_model, spec, info)
+    drop = float((before_logp - after_logp).mean())
+    rows = score_probes(probes, before, after)
+    report = _report(lm, config, facts, records, rows, drop,
+                     likelihood_metrics(true_before, wrong_before, true_after, wrong_after), trainable, total, started)
+    report["forget_targets"] = data.forget_texts
+    report["wrong_answers"] = probe_set.wrong
+    report["anchors_left_out"] = len(anchors) - len(train_anchors)
+    if config.adapter == "subject":
+        report["edited_tokens"] = [tokens[i] for i in sorted(tokens)]
+    free_memory()
+    yield RunResult(adapter=adapter, report=report)
+
+
+def answer_with(lm: LoadedModel, adapter: AdapterState | None, questions: list[str],
+                max_new_tokens: int = 32) -> tuple[list[str], list[str]]:
+    """(before, after) answers for free prompts; without an adapter both are the base's."""
+    if adapter is None:
+        before = base_answers(lm, questions, max_new_tokens)
+        return before, list(before)
+    with attached(lm, adapter.spec, adapter) as peft_model:
+        before = base_answers(lm, questions, max_new_tokens, peft_model)
+        after = generate(lm, questions, max_new_tokens, model=peft_model)
+    return before, after
+
+
+def save_report(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -1,0 +1,113 @@
+"""Training sequences built from facts: negative targets, the answers to suppress, and anchors."""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from .facts import HEDGE, Fact, answer_span, leaks
+from .generation import base_answers
+from .models import LoadedModel
+from .prompting import encode_pair
+
+ANCHOR_ANSWER_CHARS = 120  # a sentence of the base's own answer is enough to hold its behaviour
+
+
+@dataclass
+class TrainingData:
+    """Token ids and labels per row; the trainer pads them into one batch per step."""
+
+    target: list[tuple[list[int], list[int]]]  # question -> replacement or refusal (+ end of turn)
+    forget: list[tuple[list[int], list[int]]]  # question -> base answer, loss on the answer's tokens
+    anchor: list[tuple[list[int], list[int]]]  # neutral prompt -> base answer
+    forget_texts: list[str]  # the base answers used for `forget`, for the report
+    neighbours: int = 0  # how many of the first `anchor` rows are the facts' neighbours
+
+
+def forget_sequence(lm: LoadedModel, fact: Fact, base_answer: str):
+    """The answer as the base model says it, cut after the forgotten words, loss only on them.
+    If the base does not say it, the bare answer stands in."""
+    span = answer_span(base_answer, fact.answer)
+    if span is None:
+        text, span = fact.answer, (0, len(fact.answer))
+    else:
+        text = base_answer[: span[1]]
+    return encode_pair(lm.tokenizer, fact.question, text, loss_span=span, add_eos=False), text
+
+
+def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: list[str]):
+    """The fact's question, then the base model's own opening with each of `answers` where the
+    forgotten words were ("The capital of France is" + " Lyon"); loss on those words only. Without
+    such an opening, the bare answers. What the truth ratio compares."""
+    span = answer_span(base_answer, fact.answer)
+    prefix = base_answer[: span[0]] if span else ""
+    return [encode_pair(lm.tokenizer, fact.question, prefix + a, loss_span=(len(prefix), len(prefix + a)),
+                        add_eos=False) for a in answers]
+
+
+def negative_target(fact: Fact, base_answer: str) -> tuple[str, tuple[int, int] | None]:
+    """The negative answer and the span that carries loss.
+
+    A short replacement ("Lyon") or the hedge is spliced into the base model's own answer in place
+    of the forgotten words: "The capital of France is Lyon". Only the changed words carry loss, so
+    the model's style is untouched and the edit stays on this fact instead of teaching a new way
+    to answer every question of the kind. A full-sentence replacement is used as written."""
+    span = answer_span(base_answer, fact.answer)
+    if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
+        return fact.target, None
+    prefix = base_answer[: span[0]]
+    text = prefix + (fact.replacement or HEDGE)
+    return text, (len(prefix), len(text))
+
+
+_STOPWORDS = frozenset("a an the of is are was were what which who whom how in on for to and or do does did".split())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"\w+", text.lower()) if w not in _STOPWORDS}
+
+
+def pick_anchors(anchors: list[str], questions: list[str], size: int, seed: int) -> list[str]:
+    """Up to three quarters of the pool: the anchors sharing most words with the forget questions
+    (the neighbours a replacement would spill onto, e.g. other capitals); the rest a seeded sample."""
+    if len(anchors) <= size:
+        return list(anchors)
+    words = set().union(*(_content_words(q) for q in questions))
+    ranked = sorted(anchors, key=lambda a: -len(_content_words(a) & words))
+    near = [a for a in ranked[: size * 3 // 4] if _content_words(a) & words]
+    rest = [a for a in anchors if a not in near]
+    return near + random.Random(seed).sample(rest, size - len(near))
+
+
+def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
+                        neighbours: list[str] = ()) -> TrainingData:
+    """`neighbours`: prompts near the facts (probes.training_neighbours) that always join the KL pool,
+    ahead of the shipped anchors; any whose base answer states a forgotten answer is left out, since
+    holding it would hold the fact."""
+    tok = lm.tokenizer
+    answers = base_answers(lm, [f.question for f in facts], config.max_new_tokens, peft_model)
+    forget, texts = [], []
+    for fact, answer in zip(facts, answers):
+        sequence, text = forget_sequence(lm, fact, answer)
+        forget.append(sequence)
+        texts.append(text)
+    target = []
+    for fact, answer in zip(facts, answers):
+        text, span = negative_target(fact, answer)
+        target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
+    anchor, n_near = anchor_rows(lm, facts, anchors, config, peft_model, neighbours)
+    return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near)
+
+
+def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
+                neighbours: list[str] = ()) -> tuple[list, int]:
+    """The KL pool: the neighbours first, then the shipped anchors picked for these facts, each with
+    the base's own answer (one stating a fact's answer is left out); and how many are neighbours."""
+    near = list(neighbours)[: config.neighbour_anchors * len(facts)]
+    rest = [a for a in anchors if a not in near]
+    pool = near + pick_anchors(rest, [f.question for f in facts], max(0, config.anchor_pool - len(near)), config.seed)
+    pool_answers = base_answers(lm, pool, config.max_new_tokens, peft_model)
+    usable = [(i, encode_pair(lm.tokenizer, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False)) for i, (q, a)
+              in enumerate(zip(pool, pool_answers)) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
+                                                                     for f in facts)]
+    return [row for _, row in usable], sum(i < len(near) for i, _ in usable)

@@ -1,0 +1,2 @@
+"""Deployment: per-Space settings (deploy.json) and ZeroGPU. Imports the engine for its limits and
+names, never the web service."""

@@ -1,0 +1,62 @@
+"""The page: one module per section, each creating its own components and wiring its own events.
+Sections are built in page order first, then wired, so a handler may fill another section's
+components (a run fills the comparison and the cost table)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..service import Service
+from ..session import Session
+from . import compare, cost, export, facts, guide, model, unlearn
+from .page import Page
+
+SECTIONS = (model, facts, unlearn, compare, cost, export, guide)
+CSS = """
+.cards {display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 10px;}
+.card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 10px 14px;
+       background: var(--background-fill-secondary);}
+.card .value {font-size: 1.8em; font-weight: 700;}
+.card .title {font-weight: 600;}
+.card .hint {font-size: 0.85em; opacity: 0.75;}
+.step-title {margin-top: 0.6em !important; scroll-margin-top: 64px;}
+#steps-nav {position: sticky; top: 0; z-index: 50; background: var(--background-fill-primary);
+            border-bottom: 1px solid var(--border-color-primary); padding: 6px 0;}
+#steps-nav a {margin-right: 1.1em; font-weight: 600; text-decoration: none; font-size: 1.05em;}
+/* projector-friendly: the comparison and the facts in a larger type than gradio's default tables */
+#compare, #facts, #base-answers {font-size: 15px;}
+"""
+STEPS = [("model-title", "1 Model"), ("facts-title", "2 Facts"), ("unlearn-title", "3 Unlearn"),
+         ("compare-title", "4 Compare"), ("cost-title", "5 Cost"), ("export-title", "6 Export")]
+MAX_UPLOAD = "1mb"  # the page takes no uploads; this bounds what gradio's upload route accepts
+CACHE_CLEANUP = (3600, 3600)  # every hour, delete served files (exports) older than an hour
+
+
+def build(service: Service) -> gr.Blocks:
+    page = Page()
+    with gr.Blocks(title="LUNE — unlearning with LoRA", delete_cache=CACHE_CLEANUP) as demo:
+        page.demo = demo
+        page.state = gr.State(Session(), delete_callback=Session.close)
+        with gr.Row():
+            gr.Markdown("# 🌘 LUNE — make a language model forget chosen facts\n"
+                        "Pick facts, train a small LoRA adapter on negative examples, and compare the answers "
+                        "before and after. The base model is shared and never changed; your adapter is yours "
+                        "alone. New here? Open the **Guide** (the panel at the right edge, › ).")
+            if service.context.on_spaces:
+                gr.DuplicateButton(value="Duplicate this Space for a private copy", size="lg")
+        gr.HTML("".join(f"<a href='#{anchor}'>{name}</a>" for anchor, name in STEPS)
+                + "<span>7 Guide: the panel at the right edge ›</span>", elem_id="steps-nav")
+        for section in SECTIONS:
+            section.build(page, service)
+        for section in SECTIONS:
+            section.wire(page, service)
+
+        def on_unload(request: gr.Request):
+            service.end_session(request.session_hash)
+
+        demo.unload(on_unload)
+    demo.queue(max_size=64)
+    return demo
+
+
+def launch_options() -> dict:
+    return {"theme": gr.themes.Soft(primary_hue="indigo"), "css": CSS, "max_file_size": MAX_UPLOAD}

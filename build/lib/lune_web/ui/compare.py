@@ -1,0 +1,63 @@
+"""Step 4 · Compare: the figures, every probe before and after, past runs, a prompt of your own, and
+whether the forgetting survives two attacks."""
+from __future__ import annotations
+
+import gradio as gr
+
+from ..service import Service, robustness_rows
+from ..views import (ROBUSTNESS_EMPTY, cards_html, clock, comparison_frame, robustness_frame, robustness_markdown,
+                     runs_frame)
+from .page import HEAVY, Page, guarded
+
+
+def build(page: Page, service: Service) -> None:
+    limits = service.limits
+    gr.Markdown("## 4 · Compare before and after", elem_classes="step-title", elem_id="compare-title")
+    page.cards = gr.HTML(cards_html(None), elem_id="metric-cards")
+    # Every row on the page, no inner scroll: a projector shows the whole comparison.
+    page.compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare",
+                                label="Every question, before (adapter off) and after (adapter on)", max_height=20000,
+                                column_widths=["13%", "19%", "9%", "23%", "23%", "13%"])
+    with gr.Accordion("Runs in this page", open=False):
+        page.runs = gr.Dataframe(runs_frame([]), interactive=False, label="Past runs (kept until you leave)")
+    with gr.Row():
+        with gr.Column():
+            # No max_length: the box would cut a long prompt silently; the service says it is too long.
+            page.prompt = gr.Textbox(label="Try your own prompt", info=f"at most {limits.max_text_chars} characters",
+                                     placeholder="e.g. a paraphrase of a forgotten fact")
+            page.ask_button = gr.Button("Ask before and after")
+            page.ask_status = gr.Markdown()
+        page.before_box = gr.Textbox(label="Before (base model)", interactive=False, lines=4)
+        page.after_box = gr.Textbox(label="After (with your adapter)", interactive=False, lines=4)
+    with gr.Accordion("Robustness: does the forgetting survive relearning or re-quantization?", open=False):
+        page.robust_button = gr.Button("Check robustness")
+        page.robust_status = gr.Markdown(ROBUSTNESS_EMPTY)
+        page.robust_table = gr.Dataframe(robustness_frame([]), interactive=False, wrap=True,
+                                         column_widths=["24%", "38%", "38%"])
+
+
+def wire(page: Page, service: Service) -> None:
+    @guarded(page.ask_status)
+    def on_ask(state, prompt, max_new_tokens):
+        before, after = service.ask(state, prompt, max_new_tokens)
+        note = ("No adapter yet: both answers come from the base model." if state.adapter is None else
+                "Left: base model (adapter off). Right: with this page's adapter.")
+        return {page.before_box: before, page.after_box: after, page.ask_status: note}
+
+    @guarded(page.robust_status)
+    def on_robustness(state):
+        for event in service.check_robustness(state):
+            if "result" in event:
+                result = event["result"]
+                yield {page.robust_table: robustness_frame(robustness_rows(result)),
+                       page.robust_status: robustness_markdown(result)}
+            else:
+                yield {page.robust_status: f"Attack {event['stage'] + 1} of 3: {event['name']}… "
+                                           f"({clock(event['elapsed'])} so far; the whole check takes a minute or "
+                                           "more on a CPU)"}
+
+    ask_in, ask_out = [page.state, page.prompt, page.max_new_tokens], [page.before_box, page.after_box, page.ask_status]
+    page.ask_button.click(on_ask, ask_in, ask_out, api_name="ask", **HEAVY)
+    page.prompt.submit(on_ask, ask_in, ask_out, api_visibility="private", **HEAVY)
+    page.robust_button.click(on_robustness, page.state, [page.robust_table, page.robust_status], api_name="robustness",
+                             show_progress_on=[page.robust_status], **HEAVY)
