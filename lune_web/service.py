@@ -154,12 +154,13 @@ class Service:
             on_result(s, event, steps)
 
         yield from self._stream(session, lambda stop: self.jobs.train(*args, stop), store,
-                                session.history if live_history else None, _phase)
+                                session.history if live_history else None, _phase, "training")
 
     def _stream(self, session: Session, start: Callable, on_result: Callable[[Session, dict, list[dict]], None],
-                steps: list | None, phase: Callable[[list[dict], threading.Event], str]) -> Iterator[RunUpdate]:
-        """Relay one job's events as RunUpdates: a step record per step, `phase` between events, and
-        the job's last event handed to `on_result`. `steps`: the session's list that the live chart reads."""
+                steps: list | None, phase: Callable[[list[dict], threading.Event], str],
+                step_phase: str) -> Iterator[RunUpdate]:
+        """Relay one job's events as RunUpdates: a step record per step (in `step_phase`), `phase` between
+        events, and the job's last event handed to `on_result`. `steps`: the list the live chart reads."""
         session.stop = stop = threading.Event()
         session.running = True
         started = time.perf_counter()
@@ -172,7 +173,7 @@ class Service:
                     yield RunUpdate(phase(steps, stop), elapsed, steps[-1] if steps else None)
                 elif "step" in event:
                     steps.append(event["step"])
-                    yield RunUpdate(phase(steps, stop), elapsed, event["step"])
+                    yield RunUpdate(step_phase, elapsed, event["step"])
                 else:
                     on_result(session, event, steps)
                     yield RunUpdate("done", elapsed, steps[-1] if steps else None, done=True)
@@ -201,7 +202,7 @@ class Service:
             s.taught = event["taught"]
 
         yield from self._stream(session, lambda stop: self.jobs.teach(*args, stop), store, session.taught_history,
-                                _teach_phase)
+                                _teach_phase, "teaching")
 
     def drop_taught(self, session: Session) -> None:
         """Back to the shared base model: the taught facts and everything measured on them go."""

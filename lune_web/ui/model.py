@@ -36,7 +36,7 @@ def wire(page: Page, service: Service) -> None:
             return {page.model_info: model_markdown(service.load(state, model_id, quantize))}
         except Exception as err:  # noqa: BLE001 - the last good model stays, and the page says which
             failed = warning(err, page.model_info)
-            return {page.model_info: f"{failed[page.model_info]}  \n{next_model_line(state, service)}"}
+            return {page.model_info: f"{failed[page.model_info]} · {next_model_line(state, service)}"}
 
     def on_page_load(state):
         """The model panel as the server has it, not as the page was first drawn."""
