@@ -151,6 +151,14 @@ def lune_suppress(inp: LossInputs, config: UnlearnConfig):
     return loss, parts
 
 
+def teach(inp: LossInputs, config: UnlearnConfig):
+    """L = NLL_θ(y_true|x) + λ_r·KL(ref‖θ): LUNE's formula on the facts' true answers (the privacy
+    lesson's teach step, lune_core.teach)."""
+    parts: dict = {}
+    parts["answer_nll"] = mean_nll(inp.target)
+    return parts["answer_nll"] + _retain(inp, config, parts), parts
+
+
 def grad_ascent(inp: LossInputs, config: UnlearnConfig):
     """L = −NLL_θ(y_f|x): push the answer's likelihood down, with nothing holding the rest."""
     parts = {"forget_nll": mean_nll(inp.forget)}
@@ -218,8 +226,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "SimNPO: length-normalised NPO without a reference (baseline)", ascent=True),
     Method("finetune", finetune, Needs(target=True), "Plain fine-tuning on the target rows (the relearning "
            "attack's loss, not an unlearning method)", listed=False, learns=True),
-    # LUNE's formula on the facts' true answers: learn them, with the KL holding everything else.
-    Method("teach", lune, Needs(target=True, anchor=True), "Teach the facts' answers while a KL term holds neutral "
+    Method("teach", teach, Needs(target=True, anchor=True), "Teach the facts' answers while a KL term holds neutral "
            "prompts to the base's answers (the privacy lesson's first step, not an unlearning method)",
            listed=False, learns=True),
 )}

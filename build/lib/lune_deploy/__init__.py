@@ -1,2 +1,0 @@
-"""Deployment: per-Space settings (deploy.json) and ZeroGPU. Imports the engine for its limits and
-names, never the web service."""
