@@ -14,9 +14,9 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 # "full": every weight of a full-precision copy (the full fine-tuning baseline). The first two are
 # adapters over the frozen base; all three go through the same run pipeline.
 ADAPTERS = ("lora", "subject", "full")
+SCHEDULES = ("cosine", "constant")  # of the learning rate (the relearning attack runs at a constant one)
 # Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
 # full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
-SCHEDULES = ("cosine", "constant")
 DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "full": 2e-5}
 
 

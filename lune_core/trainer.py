@@ -158,7 +158,7 @@ def train_step(run: Prepared, model, data: TrainingData, config: UnlearnConfig,
     return float(loss.detach()), {k: round(float(v.detach()), 5) for k, v in parts.items()}, nll
 
 
-def stop_reason(record: StepRecord, method: Method, start_nll: float | None, config: UnlearnConfig) -> str | None:
+def stop_reason(record: StepRecord, method: Method, start_nll: float | None) -> str | None:
     """Why the run ends after this step without a generation, if it does: collapse or a non-finite loss."""
     nll = record.answer_nll
     if method.ascent and nll is not None and start_nll is not None and nll > start_nll + COLLAPSE_RISE:
@@ -203,7 +203,7 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
                                 learning_rate=lr_at(step, config), seconds=time.perf_counter() - tick, elapsed=0.0,
                                 peak_memory_mb=round(meter.peak_mb, 1), answer_nll=nll)
             start_nll = nll if start_nll is None else start_nll
-            record.stopped = stop_reason(record, run.method, start_nll, config)
+            record.stopped = stop_reason(record, run.method, start_nll)
             if record.stopped is None and check_due(record, config):
                 # as far as the evaluation asks: a trained model may name the answer later than the base did
                 answers = generate(lm, questions, config.max_new_tokens, model=model)
