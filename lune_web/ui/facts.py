@@ -78,9 +78,9 @@ def wire(page: Page, service: Service) -> None:
     def on_preview(state, rows, max_new_tokens):
         found = service.preview(state, rows, max_new_tokens)
         known = sum(r["known"] for r in found)
-        return {page.base_table: base_frame(found),
-                page.facts_status: f"The base model says {known} of {len(found)} answers now. "
-                                   "A fact it does not say cannot show forgetting."}
+        note = f"The model says {known} of {len(found)} answers now. A fact it does not say cannot show forgetting"
+        note += "." if known == len(found) else ": facts it never knew can be taught first (the privacy-lesson panel)."
+        return {page.base_table: base_frame(found), page.facts_status: note}
 
     def table_status(rows) -> dict:
         n = len(forms.clean_rows(rows))
