@@ -199,15 +199,14 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def _config(source: str, model_id: str):
+def _config(source: str, model_id: str, hub: dict | None = None):
     from transformers import AutoConfig
 
-    # A hub id with no hub in reach: only the local cache can answer, at once.
-    local_only = not Path(source).exists() and not hub_reachable()
+    hub = hub or _hub_kwargs(source)
     try:
-        config = AutoConfig.from_pretrained(source, local_files_only=local_only, **_hub_kwargs())
+        config = AutoConfig.from_pretrained(source, **hub)
     except OSError as err:
-        raise ModelLoadError(_explain_missing(model_id, err)) from None
+        raise ModelLoadError(_explain_missing(model_id, err, hub["local_files_only"])) from None
     except ValueError as err:  # e.g. an architecture that needs remote code
         raise ModelLoadError(_explain_invalid(model_id, err)) from None
     if getattr(config, "auto_map", None) and config.model_type not in _known_model_types():
@@ -215,8 +214,11 @@ def _config(source: str, model_id: str):
     return config
 
 
-def _hub_kwargs() -> dict:
-    return {"token": os.environ.get("HF_TOKEN") or None, "trust_remote_code": False}
+def _hub_kwargs(source: str) -> dict:
+    """What every from_pretrained of one load is given. A hub id with no hub in reach (asked once per
+    load): only the local cache can answer, at once, for the config, the tokenizer and the weights."""
+    offline = not Path(source).exists() and not hub_reachable()
+    return {"token": os.environ.get("HF_TOKEN") or None, "trust_remote_code": False, "local_files_only": offline}
 
 
 def redact_token(text: str) -> str:
@@ -242,8 +244,8 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
     device = pick_device(device)
     source, display = resolve_source(model_id)
     dtype = compute_dtype or resolve_compute_dtype("auto", device)
-    _config(source, model_id)
-    common = _hub_kwargs()
+    common = _hub_kwargs(source)
+    _config(source, model_id, common)
 
     kwargs = dict(common, dtype=dtype if quantize else (torch.float32 if device == "cpu" else dtype))
     if quantize:
@@ -258,7 +260,7 @@ def load_model(model_id: str = EMBEDDED_MODEL, quantize: bool = True, device: st
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as err:
-        raise ModelLoadError(_explain_missing(model_id, err)) from None
+        raise ModelLoadError(_explain_missing(model_id, err, common["local_files_only"])) from None
     except (ValueError, RuntimeError, ImportError) as err:
         raise ModelLoadError(_explain_invalid(model_id, err)) from None
     if not quantize:
@@ -342,10 +344,10 @@ def _known_model_types() -> set[str]:
     return set(CONFIG_MAPPING_NAMES)
 
 
-def _explain_missing(model_id: str, err: Exception) -> str:
+def _explain_missing(model_id: str, err: Exception, offline: bool) -> str:
+    """`offline`: the load already found the hub out of reach (hub_reachable), not asked again here."""
     text = str(err)
-    if (os.environ.get("HF_HUB_OFFLINE") == "1" or not hub_reachable() or "offline" in text.lower()
-            or "connect" in text.lower()):
+    if offline or os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "connect" in text.lower():
         return f"cannot reach the model hub for {shown(model_id)} (offline?); the embedded model works offline"
     if "401" in text or "gated" in text.lower():
         return f"{shown(model_id)} is gated or private: set HF_TOKEN in the environment"
