@@ -168,8 +168,8 @@ class Jobs:
                 else:
                     yield {"step": event.to_dict()}
         yield {"building": True}
-        lm = self.model(model_key, taught)
-        yield {"taught": taught, "model": lm.describe()}
+        self.model(model_key, taught)  # built now, inside this job, so the page's next job finds it ready
+        yield {"taught": taught}
 
     def _train(self, model_key, taught, facts, config, general, anchors, stop) -> Iterator[dict]:
         """Train, evaluate and serialize in one call: on ZeroGPU this is the GPU worker."""

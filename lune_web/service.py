@@ -150,17 +150,16 @@ class Service:
                 list(self.anchors()))
 
         def store(s: Session, event: dict, steps: list[dict]) -> None:
-            event["report"]["stopped_by_user"] = s.stop.is_set() and not (steps and steps[-1]["stopped"])
+            event["report"]["stopped_by_user"] = _stopped_by_user(s, steps)
             on_result(s, event, steps)
 
         yield from self._stream(session, lambda stop: self.jobs.train(*args, stop), store,
-                                session.history if live_history else None, _phase, "training")
+                                session.history if live_history else None, RUN_PHASES)
 
     def _stream(self, session: Session, start: Callable, on_result: Callable[[Session, dict, list[dict]], None],
-                steps: list | None, phase: Callable[[list[dict], threading.Event], str],
-                step_phase: str) -> Iterator[RunUpdate]:
-        """Relay one job's events as RunUpdates: a step record per step (in `step_phase`), `phase` between
-        events, and the job's last event handed to `on_result`. `steps`: the list the live chart reads."""
+                steps: list | None, phases: tuple[str, str, str]) -> Iterator[RunUpdate]:
+        """Relay one job's events as RunUpdates, in `phases` (before the first step, at each step, after
+        the last), and hand the job's last event to `on_result`. `steps`: the list the live chart reads."""
         session.stop = stop = threading.Event()
         session.running = True
         started = time.perf_counter()
@@ -170,10 +169,10 @@ class Service:
             for event in in_background(lambda: start(self.jobs.stop_for_worker(stop)), stop):
                 elapsed = time.perf_counter() - started
                 if event is HEARTBEAT or "building" in event:
-                    yield RunUpdate(phase(steps, stop), elapsed, steps[-1] if steps else None)
+                    yield RunUpdate(_between_events(phases, steps, stop), elapsed, steps[-1] if steps else None)
                 elif "step" in event:
                     steps.append(event["step"])
-                    yield RunUpdate(step_phase, elapsed, event["step"])
+                    yield RunUpdate(phases[1], elapsed, event["step"])
                 else:
                     on_result(session, event, steps)
                     yield RunUpdate("done", elapsed, steps[-1] if steps else None, done=True)
@@ -196,13 +195,13 @@ class Service:
         args = (session.model_key, [f.to_dict() for f in facts], config, list(self.anchors()))
 
         def store(s: Session, event: dict, steps: list[dict]) -> None:
-            if s.stop.is_set() and not (steps and steps[-1]["stopped"]):
+            if _stopped_by_user(s, steps):
                 return  # stopped half-taught: keep the model the page had
             s.clear_results()
             s.taught = event["taught"]
 
         yield from self._stream(session, lambda stop: self.jobs.teach(*args, stop), store, session.taught_history,
-                                _teach_phase, "teaching")
+                                TEACH_PHASES)
 
     def drop_taught(self, session: Session) -> None:
         """Back to the shared base model: the taught facts and everything measured on them go."""
@@ -300,20 +299,22 @@ class Service:
         return [str(p) for p in paths.values()]
 
 
-def _teach_phase(steps: list[dict], stop: threading.Event) -> str:
-    """Teaching, then merging the taught adapter into the weights and quantizing them again."""
-    if not steps:
-        return "preparing teach"
-    last = steps[-1]
-    return "merging" if last["stopped"] or stop.is_set() or last["step"] == last["total_steps"] else "teaching"
+# What a job's progress reads, before its first step, at each step and after its last: a run asks the
+# base every question first and again after training; teaching merges and re-quantizes at the end.
+RUN_PHASES = ("preparing", "training", "evaluating")
+TEACH_PHASES = ("preparing teach", "teaching", "merging")
 
 
-def _phase(steps: list[dict], stop: threading.Event) -> str:
-    """Between events: asking the base model first, training, or asking again after the last step."""
+def _between_events(phases: tuple[str, str, str], steps: list[dict], stop: threading.Event) -> str:
     if not steps:
-        return "preparing"
+        return phases[0]
     last = steps[-1]
-    return "evaluating" if last["stopped"] or stop.is_set() or last["step"] == last["total_steps"] else "training"
+    return phases[2] if last["stopped"] or stop.is_set() or last["step"] == last["total_steps"] else phases[1]
+
+
+def _stopped_by_user(session: Session, steps: list[dict]) -> bool:
+    """Stop was pressed (or the page closed), rather than the job ending by a rule of its own."""
+    return session.stop.is_set() and not (steps and steps[-1]["stopped"])
 
 
 def _store_run(session: Session, event: dict, steps: list[dict]) -> None:
