@@ -7,8 +7,7 @@ import pytest
 from lune_web.session import Session
 from lune_web.reliability import corpus
 from lune_web.reliability.cycles import rss_growth, unlearn_reset_cycles
-from tests.tiny import save_tiny_model
-from tests.web import service, use_models
+from tests.web import service, tiny_model_folder
 
 pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
 
@@ -17,13 +16,9 @@ S = service()
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    tiny = save_tiny_model(root / "tiny-llama")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LUNE_MODEL_ROOTS", str(root))
-        use_models(S, mp)
+    with tiny_model_folder(S, tmp_path_factory) as (tiny, _):
         session = Session()
-        S.load(session, str(tiny), True)
+        S.load(session, tiny, True)
         yield unlearn_reset_cycles(S, session, [corpus.GOOD_ROW], corpus.FAST, cycles=10), session
 
 

@@ -8,8 +8,7 @@ import pytest
 from lune_core.facts import leaks
 from lune_web.errors import UserError
 from lune_web.session import Session
-from tests.tiny import save_tiny_model
-from tests.web import service, use_models
+from tests.web import service, tiny_model_folder
 
 pytestmark = pytest.mark.integration
 
@@ -20,14 +19,10 @@ S = service()
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    folder = save_tiny_model(root / "tiny-llama")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LUNE_MODEL_ROOTS", str(root))
+    with tiny_model_folder(S, tmp_path_factory) as (folder, mp):
         mp.setenv("LUNE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        use_models(S, mp)
         mp.setattr(S, "_anchors", ["What do bees make?", "Name a fruit.", "What is 2 plus 2?"])
-        yield str(folder)
+        yield folder
 
 
 @pytest.fixture(scope="module")

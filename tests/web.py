@@ -2,6 +2,10 @@
 LUNE_MAX_* variable), with the real registry, or one serving a model the test hands in."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import pytest
+
 from lune_deploy.config import load_deploy_config
 from lune_web.context import WebContext
 from lune_web.jobs import Jobs
@@ -23,3 +27,17 @@ def use_models(S: Service, monkeypatch, loader=None, copy_loader=None, limits=No
     monkeypatch.setattr(S, "models", registry)
     monkeypatch.setattr(S, "jobs", jobs)
     return registry
+
+
+@contextmanager
+def tiny_model_folder(S: Service, tmp_path_factory):
+    """A tiny Llama saved under an allowed model root, and `S` with a fresh registry to load it (in
+    4-bit, like any visitor's model): yields (its folder, the monkeypatch that undoes both)."""
+    from tests.tiny import save_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    folder = save_tiny_model(root / "tiny-llama")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LUNE_MODEL_ROOTS", str(root))
+        use_models(S, mp)
+        yield str(folder), mp
