@@ -50,7 +50,8 @@ def build(page: Page, service: Service) -> None:
             page.teach_status = gr.Markdown(elem_id="teach-status")
             page.teach_plot = gr.Plot(loss_figure([], title="Teaching loss", height=240), show_label=False,
                                       elem_id="teach-plot")
-    page.base_table = gr.Dataframe(label="What the base model says now", elem_id="base-answers", interactive=False,
+    page.base_table = gr.Dataframe(label="What the model says now (the taught model, once taught)",
+                                   elem_id="base-answers", interactive=False,
                                    wrap=True, column_widths=["28%", "14%", "46%", "12%"],
                                    headers=["question", "answer to forget", "the model says now", "known?"])
 
