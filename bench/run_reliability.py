@@ -7,6 +7,9 @@
    accepted one. HF_TOKEN is set to a marker that must appear in no message and no log.
 2. Ten unlearn/reset cycles of short runs on the embedded model in one process: resident memory,
    live tensors, optimizers and LoRA layers after each reset.
+3. Several visitors, a stopped run and a closed page (lune_web/reliability/visitors.py) against a
+   launched app serving a tiny random Llama, so each run takes seconds: what each visitor saw, how
+   long Stop took, and how long a visitor queued behind a closed page's run waited.
 
 Writes docs/reliability.md.
 
@@ -34,13 +37,17 @@ os.chdir(ROOT)  # a corpus case names one of the repository's folders as a model
 
 import torch  # noqa: E402
 
-from lune_web.session import Session  # noqa: E402
-from lune_web.reliability import corpus  # noqa: E402
+from lune_core.models import embedded_model_dir  # noqa: E402
+from lune_deploy.config import load_deploy_config  # noqa: E402
+from lune_web.context import WebContext  # noqa: E402
+from lune_web.reliability import corpus, visitors  # noqa: E402
 from lune_web.reliability.app_server import serve_app  # noqa: E402
 from lune_web.reliability.cycles import rss_growth, unlearn_reset_cycles  # noqa: E402
-from tests.web import service  # noqa: E402
+from lune_web.reliability.tiny import save_tiny_model  # noqa: E402
+from lune_web.service import Service  # noqa: E402
+from lune_web.session import Session  # noqa: E402
 
-S = service()
+S = Service(WebContext(limits=load_deploy_config().limits.with_env()))  # the laptop's deployment
 
 PACKAGES = ["torch", "transformers", "peft", "bitsandbytes", "gradio", "gradio_client"]
 
@@ -68,6 +75,42 @@ def app_channel(cases: list[corpus.Case], root: Path, log: Path) -> list[corpus.
         return [corpus.run_app_case(case, client, [corpus.GOOD_ROW]) for case in cases]
 
 
+def visitor_channel(work: Path) -> dict:
+    """The visitors' scenarios on a tiny model (the embedded model's tokenizer) under an allowed root."""
+    root = work / "tiny-root"
+    tiny = save_tiny_model(root / "tiny-llama", embedded_model_dir())
+    env = {"LUNE_MODEL_ROOTS": str(root), "LUNE_MAX_STEPS": str(visitors.LONG_RUN), "GRADIO_HEARTBEAT_INTERVAL": "1"}
+    with serve_app(work / "visitors.log", env) as url:
+        return {"four": visitors.four_visitors(url, str(tiny), corpus.TRAIN),
+                "stop": visitors.stop_mid_run(url, str(tiny)), "closed": visitors.closed_page(url, str(tiny))}
+
+
+def visitor_lines(seen: dict) -> list[str]:
+    four, stop, closed = seen["four"], seen["stop"], seen["closed"]
+    yes = {True: "yes", False: "**no**"}
+    lines = ["## Several visitors, Stop, a closed page", "",
+             "Against a launched app serving a tiny random Llama (4-bit NF4, loaded as any visitor's model), so "
+             "that each run takes seconds (`lune_web/reliability/visitors.py`; tests/test_app_reliability.py "
+             "asserts the same on every CI run).", "",
+             f"**Four visitors at once** ({four['seconds']} s for the four runs, queued one at a time on the "
+             "shared model), each replacing a different secret word:", "",
+             "| visitor | run done | comparison holds only its fact | its replacement said | its 'before' is the "
+             "base's | other visitors' words in its answers |", "|---|---|---|---|---|---|"]
+    lines += [f"| {i + 1} | {yes[p['done']]} | {yes[p['own_fact_only']]} | {yes[p['own_word_said']]} | "
+              f"{yes[p['base_before']]} | {p['foreign_words']} |" for i, p in enumerate(four["pages"])]
+    lines += ["", f"A fresh page afterwards sees the base model's answers only: {yes[four['fresh_sees_base']]}.", "",
+              f"**Stop at step 2** of a {visitors.LONG_RUN}-step run: the run ended {stop['seconds_to_stop']} s "
+              f"after the click, saying \"{corpus.plain(stop['first_status']).splitlines()[0][:120]}\"; Stop with "
+              f"nothing running says \"{corpus.plain(stop['idle_reply'])}\"; the next run on the same page: "
+              f"\"{corpus.plain(stop['second_status']).splitlines()[0][:120]}\", and the history holds "
+              f"{stop['history_runs']} runs.", "",
+              f"**A page closed at step 2** of a {visitors.LONG_RUN}-step run: the next visitor's 3-step run, "
+              f"queued behind it, finished {closed['seconds']} s later (the orphan was stopped; had it not been, "
+              "the wait would be minutes), saying "
+              f"\"{corpus.plain(closed['status']).splitlines()[0][:120]}\".", ""]
+    return lines
+
+
 def corpus_table(results: dict[str, list[corpus.Outcome]]) -> list[str]:
     lines = ["| channel | cases | handled | rejected as expected | accepted as expected | token in a message |",
              "|---|---|---|---|---|---|"]
@@ -85,7 +128,7 @@ def by_place(outcomes: list[corpus.Outcome]) -> str:
     return ", ".join(f"{where} {handled[where]}/{n}" for where, n in total.items())
 
 
-def write_report(path: Path, results, cycles, settings, seconds, app_log_has_token) -> None:
+def write_report(path: Path, results, cycles, settings, seconds, app_log_has_token, seen) -> None:
     machine = (f"{platform.platform()}, {os.cpu_count()} CPU cores ({torch.get_num_threads()} torch threads), "
                f"{round(__import__('psutil').virtual_memory().total / 2**30)} GiB memory")
     versions = ", ".join(f"{p} {version(p)}" for p in PACKAGES)
@@ -126,6 +169,8 @@ def write_report(path: Path, results, cycles, settings, seconds, app_log_has_tok
           f"{c['lora_layers']} | {'yes' if c['adapter_freed'] else 'no'} |" for c in cycles],
         "", f"Resident memory growth from the second cycle on: **{100 * rss_growth(cycles):.1f} %** "
         "(the highest later value against the second); the goal is under 10 %.", "",
+        *(visitor_lines(seen) if seen else ["## Several visitors, Stop, a closed page", "",
+                                            "Not measured in this invocation (`--skip-app`).", ""]),
         "## What the limits cost", "",
         f"A training step took {per_step:.2f} s here (median of the cycles), so a run at the step limit "
         f"({S.limits.max_steps} steps) trains for about {per_step * S.limits.max_steps / 60:.1f} minutes before "
@@ -164,14 +209,17 @@ def main() -> int:
     results["session API"] = session_channel(cases)
     results["command line"] = cli_channel(cases, work / "cli")
     app_log = work / "app.log"
+    seen = None
     if not args.skip_app:
         results["app API (gradio_client)"] = app_channel(cases, root, app_log)
+        print("visitors, stop, closed page", flush=True)
+        seen = visitor_channel(work)
     for line in corpus_table(results):
         print(line)
     if corpus.remote_code_ran(root):
         raise SystemExit("a model's remote code ran: trust_remote_code must never be on")
     app_log_has_token = app_log.is_file() and TOKEN in app_log.read_text()
-    write_report(Path(args.out), results, cycles, settings, time.perf_counter() - started, app_log_has_token)
+    write_report(Path(args.out), results, cycles, settings, time.perf_counter() - started, app_log_has_token, seen)
     print(f"wrote {args.out}")
     return 0
 

@@ -6,8 +6,6 @@ run can outlast the checks that stop it; HF_TOKEN is a marker that must never co
 """
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -15,14 +13,13 @@ import pytest
 gradio_client = pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
-from lune_web.reliability import corpus  # noqa: E402
+from lune_web.reliability import corpus, visitors  # noqa: E402
 from lune_web.reliability.app_server import serve_app  # noqa: E402
 from tests.tiny import save_tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
 
 TOKEN = "hf_MARKERtokenNEVERshown0123456789"
-LONG_RUN = 5000  # steps: minutes on the tiny model, unless something stops it
 SEEN: list[str] = []  # every message the app returned, checked for the token at the end
 
 
@@ -32,26 +29,11 @@ def app(tmp_path_factory):
     places = corpus.make_model_folders(root, tmp_path_factory.mktemp("elsewhere"))
     tiny = save_tiny_model(root / "tiny-llama")
     log = tmp_path_factory.mktemp("app") / "app.log"
-    env = {"LUNE_MODEL_ROOTS": str(root), "LUNE_MAX_STEPS": str(LONG_RUN), "HF_TOKEN": TOKEN,
+    env = {"LUNE_MODEL_ROOTS": str(root), "LUNE_MAX_STEPS": str(visitors.LONG_RUN), "HF_TOKEN": TOKEN,
            "GRADIO_HEARTBEAT_INTERVAL": "1"}  # a closed page is noticed within a second
     with serve_app(log, env) as url:
         yield SimpleNamespace(url=url, tiny=str(tiny), root=root, log=log,
                               cases={c.id: c for c in corpus.load_cases(places)})
-
-
-def visitor(app) -> "gradio_client.Client":
-    client = gradio_client.Client(app.url, verbose=False)
-    # Loading waits in the model queue, behind any run: bounded, so a run that never ends fails the test.
-    info = client.submit(app.tiny, True, api_name="/load_model").result(timeout=120)
-    assert "tiny-llama" in corpus.plain(info) and "4-bit NF4" in info, info
-    return client
-
-
-def wait_for_step(job, step: int, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not any(f"step {step} / " in str(o[1]).replace("*", "") for o in job.outputs()):
-        assert time.time() < deadline and not job.done(), job.outputs()[-1:]
-        time.sleep(0.2)
 
 
 # ---- bad input -------------------------------------------------------------------------------------
@@ -59,7 +41,7 @@ def wait_for_step(job, step: int, timeout: float = 300) -> None:
 @pytest.fixture(scope="module")
 def trained(app):
     """A visitor with the tiny model, a finished run and its answer: what bad input must not take away."""
-    client = visitor(app)
+    client = visitors.visitor(app.url, app.tiny)
     outputs = corpus.unlearn(client, [corpus.GOOD_ROW], **corpus.TRAIN).result(timeout=300)
     assert "Done" in outputs[1], outputs[1]
     before, after, _ = client.predict(corpus.GOOD_ROW[0], 8, api_name="/ask")
@@ -96,68 +78,33 @@ def test_the_page_declares_its_tables_as_plain_text(app):
                           for t in tables), [t["datatype"] for t in tables]
 
 
-# ---- many visitors ---------------------------------------------------------------------------------
-
-WORDS = ["apple", "river", "violet", "hammer"]
-QUESTIONS = [f"What is {name}'s secret word?" for name in ("Alice", "Bob", "Carol", "Dave")]
-
+# ---- many visitors, stopped runs and closed pages (lune_web/reliability/visitors.py) -------------
 
 def test_four_visitors_at_once_each_see_only_their_own_adapter(app):
-    base = visitor(app)
-    base_answers = {q: base.predict(q, 8, api_name="/ask") for q in QUESTIONS}
-    assert all(before == after for before, after, _ in base_answers.values())
-    assert not any(w in a[0] for w in WORDS for a in base_answers.values())
+    seen = visitors.four_visitors(app.url, app.tiny, corpus.TRAIN)
+    assert seen["base_words"] == 0
+    for page in seen["pages"]:
+        assert page["done"], page["status"]
+        assert page["own_fact_only"] and page["own_word_said"] and page["base_before"], page
+        assert page["foreign_words"] == 0, page
+    assert seen["fresh_sees_base"]
 
-    def forget(i: int):
-        client = visitor(app)
-        outputs = corpus.unlearn(client, [[QUESTIONS[i], "Paris", WORDS[i], ""]], **corpus.TRAIN).result(timeout=600)
-        return outputs, {q: client.predict(q, 8, api_name="/ask") for q in QUESTIONS}
-
-    with ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(forget, range(4)))
-    for i, (outputs, answers) in enumerate(results):
-        assert "Done" in outputs[1], outputs[1]
-        forget_rows = [r for r in outputs[2]["data"] if r[0] == "forget"]
-        assert [r[1] for r in forget_rows] == [QUESTIONS[i]]  # the comparison holds this visitor's fact only
-        assert WORDS[i] in answers[QUESTIONS[i]][1], answers[QUESTIONS[i]]
-        for q, (before, after, _) in answers.items():
-            assert before == base_answers[q][0]  # the base answer, whoever trained what
-            assert not any(w in after for j, w in enumerate(WORDS) if j != i), (i, q, after)
-
-    fresh = visitor(app)
-    for q in QUESTIONS:
-        before, after, note = fresh.predict(q, 8, api_name="/ask")
-        assert before == after == base_answers[q][0] and "No adapter" in note
-
-
-# ---- stopped runs and closed pages -----------------------------------------------------------------
 
 def test_stop_mid_run_keeps_the_model_and_the_next_run_starts_cleanly(app):
-    client = visitor(app)
-    rows = [[QUESTIONS[0], "Paris", "apple", ""]]
-    job = corpus.unlearn(client, rows, steps=LONG_RUN)
-    wait_for_step(job, 2)
-    assert "Stopping" in client.predict(api_name="/stop")
-    outputs = job.result(timeout=120)
-    assert "Done" in outputs[1] and "stopped by you" in outputs[1], outputs[1]
-    assert "Nothing is running" in client.predict(api_name="/stop")
-    outputs = corpus.unlearn(client, rows, steps=3).result(timeout=120)
-    assert "Done" in outputs[1] and "3 steps" in outputs[1] and "stopped by you" not in outputs[1], outputs[1]
-    assert outputs[4]["data"][-1][0] == 2  # both runs are in the page's history
-    before, after, _ = client.predict(QUESTIONS[0], 8, api_name="/ask")
-    assert isinstance(before, str) and isinstance(after, str)
+    seen = visitors.stop_mid_run(app.url, app.tiny)
+    assert "Stopping" in seen["reply"]
+    assert "Done" in seen["first_status"] and "stopped by you" in seen["first_status"], seen
+    assert "Nothing is running" in seen["idle_reply"]
+    second = seen["second_status"]
+    assert "Done" in second and "3 steps" in second and "stopped by you" not in second, second
+    assert seen["history_runs"] == 2 and seen["asks_after"]  # both runs are in the page's history
 
 
 def test_closing_the_page_mid_run_stops_the_job_and_frees_the_model(app):
-    leaving = visitor(app)
-    job = corpus.unlearn(leaving, [[QUESTIONS[1], "Paris", "river", ""]], steps=LONG_RUN)
-    wait_for_step(job, 2)
-    leaving.close()  # the heartbeat ends, as when a tab is closed
-    started = time.time()
     # Queued behind the orphaned run: it finishes only if that run was stopped (5000 steps take minutes).
-    outputs = corpus.unlearn(visitor(app), [[QUESTIONS[2], "Paris", "violet", ""]], steps=3).result(timeout=120)
-    assert "Done" in outputs[1] and "3 steps" in outputs[1], outputs[1]
-    assert time.time() - started < 120
+    seen = visitors.closed_page(app.url, app.tiny)
+    assert "Done" in seen["status"] and "3 steps" in seen["status"], seen
+    assert seen["seconds"] < 120
 
 
 # ---- safety ----------------------------------------------------------------------------------------
@@ -170,7 +117,7 @@ def test_uploads_are_refused_above_the_limit(app):
 
 
 def test_the_token_never_reaches_the_page_or_the_log(app):
-    client = visitor(app)
+    client = visitors.visitor(app.url, app.tiny)
     for model in ("someone/gated-model", app.cases["model-needs-remote-code"].input, "../../etc"):
         SEEN.append(client.predict(model, True, api_name="/load_model"))
     assert SEEN and not [m for m in SEEN if TOKEN in m]
