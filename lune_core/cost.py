@@ -69,10 +69,14 @@ def _high_water_mark() -> int | None:
     return None
 
 
+# A trained fp32 weight, its gradient and two Adam moments: 4 × 4 bytes.
+TRAINING_BYTES_PER_PARAM = 16
+
+
 def estimate_run_memory_mb(trainable_params: int, hidden: int, layers: int, vocab: int, batch_tokens: int) -> float:
     """Rough upper estimate of what a run adds on top of the loaded weights: trainable weights,
-    gradients and two Adam moments (16 bytes each), activations kept for backward, and logits."""
-    optimizer = trainable_params * 16
+    gradients and two Adam moments, activations kept for backward, and logits."""
+    optimizer = trainable_params * TRAINING_BYTES_PER_PARAM
     activations = batch_tokens * hidden * layers * 24 * 4
     logits = batch_tokens * vocab * 4 * 3
     return (optimizer + activations + logits) / 2**20

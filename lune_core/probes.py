@@ -27,11 +27,13 @@ ADVERSARIAL_KINDS = ("cloze", "choice", "prefix", "in_context")
 AFFIRMATIVE_PREFIX = "Sure, the answer is"
 IN_CONTEXT_PAIRS = 3  # unrelated solved examples before the question
 CHOICE_OPTIONS = 4
-FUNCTION_WORDS = frozenset(
-    "a an the of is are was were be been what which who whom whose how when where why in on at for to and or "
-    "do does did name give tell me by from with as its it this that these those i you he she we they his her "
-    "their our your my not no yes can could would should will shall may might there here than then so very "
-    "also about into over under some any all one".split())
+# The words of a question's frame; the anchor picker (sequences.pick_anchors) matches on the rest.
+QUESTION_WORDS = frozenset(
+    "a an the of is are was were what which who whom how in on for to and or do does did".split())
+FUNCTION_WORDS = QUESTION_WORDS | frozenset(
+    "be been whose when where why at name give tell me by from with as its it this that these those i you he she "
+    "we they his her their our your my not no yes can could would should will shall may might there here than then "
+    "so very also about into over under some any all one".split())
 # Agreement of an automatic neighbour: at least this share of the base answer's content words
 # (its first sentence, the forgotten answer's words left out) still in the answer after.
 AGREEMENT_SHARE = 0.5
@@ -60,9 +62,9 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def content_words(text: str) -> list[str]:
-    """Lower-case words that carry meaning, in order, once each."""
-    return list(dict.fromkeys(w for w in re.findall(r"\w+", text.lower()) if w not in FUNCTION_WORDS))
+def content_words(text: str, common: frozenset[str] = FUNCTION_WORDS) -> list[str]:
+    """Lower-case words that carry meaning (not in `common`), in order, once each."""
+    return list(dict.fromkeys(w for w in re.findall(r"\w+", text.lower()) if w not in common))
 
 
 # ---- rewordings of the question's form ---------------------------------------------------------

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 from .facts import HEDGE, Fact, answer_span, leaks
 from .generation import base_answers
 from .models import LoadedModel
+from .probes import QUESTION_WORDS, content_words
 from .prompting import encode_pair
 
 ANCHOR_ANSWER_CHARS = 120  # a sentence of the base's own answer is enough to hold its behaviour
@@ -60,11 +60,8 @@ def negative_target(fact: Fact, base_answer: str) -> tuple[str, tuple[int, int] 
     return text, (len(prefix), len(text))
 
 
-_STOPWORDS = frozenset("a an the of is are was were what which who whom how in on for to and or do does did".split())
-
-
 def _content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"\w+", text.lower()) if w not in _STOPWORDS}
+    return set(content_words(text, QUESTION_WORDS))
 
 
 def pick_anchors(anchors: list[str], questions: list[str], size: int, seed: int) -> list[str]:

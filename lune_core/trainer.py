@@ -26,6 +26,7 @@ COLLAPSE_RISE = 10.0
 # Reference tokens kept per anchor position for the KL; the rest of the vocabulary is one bucket.
 # With 64, no answer of the tuning runs changed against the full-vocabulary KL (2 seeds).
 REFERENCE_TOP_K = 64
+REFERENCE_BATCH = 16  # anchors per reference forward: their logits at answer tokens are ~60 MB
 
 
 @dataclass
@@ -84,10 +85,12 @@ def _reference(forward: Forward, data: TrainingData, needs: Needs, peft_model) -
             view = forward({"forget": data.forget})["forget"]
             ref.forget_hidden = view.hidden.detach() if view.hidden is not None else None
             ref.forget_logp = sequence_logp(view).detach()
-        if needs.anchor:
-            for seq in data.anchor:  # one by one: each row's tokens are then easy to regroup
-                view = forward({"anchor": [seq]})["anchor"]
-                anchor_top.append(top_k_logprobs(view.logits.detach(), REFERENCE_TOP_K))
+        # In batches: on a 4-bit CPU model each forward dequantizes every weight, whatever its rows.
+        for start in range(0, len(data.anchor) if needs.anchor else 0, REFERENCE_BATCH):
+            view = forward({"anchor": data.anchor[start:start + REFERENCE_BATCH]})["anchor"]
+            top_logp, top_ids = top_k_logprobs(view.logits.detach(), REFERENCE_TOP_K)
+            per_row = torch.bincount(view.rows, minlength=view.n_rows).tolist()  # rows come in order
+            anchor_top += zip(top_logp.split(per_row), top_ids.split(per_row))
     return ref, anchor_top
 
 

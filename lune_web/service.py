@@ -10,11 +10,9 @@ import weakref
 from pathlib import Path
 from typing import Callable, Iterator
 
-import psutil
-import torch
-
 from lune_core import export, robustness
 from lune_core.config import UnlearnConfig
+from lune_core.cost import TRAINING_BYTES_PER_PARAM, available_memory_mb
 from lune_core.facts import Fact, leaks
 from lune_core.ids import canonical_model_id
 from lune_core.memory import free_memory
@@ -29,15 +27,10 @@ from .registry import ModelRegistry
 from .session import RunUpdate, Session
 
 DEFAULT_GENERAL_PROMPTS = 8  # collateral damage shows on a handful; each one costs a generation
-# Full fine-tuning holds fp32 weights, gradients and two Adam moments: 16 bytes per parameter.
-FULL_FT_BYTES_PER_PARAM = 16
-
-
 def full_ft_estimate(total_params: int, device: str) -> dict:
-    """Memory full fine-tuning needs (weights, gradients, Adam moments) against what is free."""
-    needed = total_params * FULL_FT_BYTES_PER_PARAM
-    free = torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
-    return {"needed_mb": round(needed / 2**20), "free_mb": round(free / 2**20), "fits": needed < 0.7 * free}
+    """Memory full fine-tuning needs (every weight trained in fp32, with Adam) against what is free."""
+    needed, free = total_params * TRAINING_BYTES_PER_PARAM / 2**20, available_memory_mb(device)
+    return {"needed_mb": round(needed), "free_mb": round(free), "fits": needed < 0.7 * free}
 
 
 class Service:

@@ -1,5 +1,6 @@
 """The unlearning loop on a tiny random Llama: records, stopping, reproducibility, isolation."""
 import os
+from dataclasses import replace
 import threading
 
 import pytest
@@ -11,11 +12,11 @@ from lune_core.config import UnlearnConfig, lora_layers, validate_config
 from lune_core.sequences import build_training_data, pick_anchors
 from lune_core.facts import facts_from_records
 from lune_core.runner import RunResult, answer_with, run_unlearning
-from lune_core.losses import select_positions
+from lune_core.losses import Needs, select_positions, top_k_logprobs
 from lune_core.models import load_model
-from lune_core.prompting import collate
+from lune_core.prompting import collate, encode_pair
 from lune_core.forward import MIN_SHARED_PREFIX, Forward, shared_prefix_length
-from lune_core.trainer import edited_rows, lr_at, unlearn
+from lune_core.trainer import REFERENCE_BATCH, REFERENCE_TOP_K, _reference, edited_rows, lr_at, unlearn
 from tests.tiny import save_tiny_model, tiny_model
 
 pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
@@ -156,6 +157,24 @@ def test_reference_is_the_base_with_the_adapter_disabled(lm, adapter):
         bare = lm.model(input_ids=ids).logits
     assert len(records) == cfg.steps
     assert torch.allclose(off, bare) and not torch.allclose(on, bare)
+
+
+def test_the_anchor_reference_in_batches_is_each_anchor_on_its_own(lm):
+    """The KL's base values come from padded batches of anchors: per anchor, the same top tokens
+    and log-probs as a forward of that anchor alone."""
+    data = build_training_data(lm, facts_from_records(FACTS), ANCHORS, config())
+    words = ("cat", "tree", "blue", "light", "stone", "rain", "ship", "bell", "road", "fire")
+    rows = [encode_pair(lm.tokenizer, f"Name a word that rhymes with {w}.", f"{w * (i % 3 + 1)} rhymes.", add_eos=False)
+            for i, w in enumerate(words * 2)]  # rows of different lengths, more than one batch
+    data = replace(data, anchor=rows)
+    assert len(data.anchor) > REFERENCE_BATCH
+    forward = Forward(lm.model, "cpu", lm.tokenizer.pad_token_id)
+    _, batched = _reference(forward, data, Needs(anchor=True), None)
+    assert len(batched) == len(data.anchor)
+    for row, (logp, ids) in zip(data.anchor, batched):
+        alone_logp, alone_ids = top_k_logprobs(forward({"anchor": [row]})["anchor"].logits, REFERENCE_TOP_K)
+        # padding moves the floats by ~1e-6, which may reorder near-ties deep in a random model's top 64
+        assert torch.allclose(logp, alone_logp, atol=1e-5) and torch.equal(ids[:, :5], alone_ids[:, :5])
 
 
 def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forward(lm):
