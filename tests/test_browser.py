@@ -100,6 +100,8 @@ def test_preset_unlearn_compare(page):
         const s = getComputedStyle(x);
         return ['auto', 'scroll'].includes(s.overflowY) && x.scrollHeight > x.clientHeight + 4;}).length""")
     assert inner == 0
+    # scrolled down to the comparison, the step bar is still at the top of the window
+    assert page.evaluate("document.querySelector('#steps-nav').getBoundingClientRect().top") == 0
     shot(page, "3-compare.png", "#compare-title")
     page.screenshot(path=str(SHOTS / "0-full-page.png"), full_page=True)
 

@@ -19,6 +19,8 @@ CSS = """
 .card .title {font-weight: 600;}
 .card .hint {font-size: 0.85em; opacity: 0.75;}
 .step-title {margin-top: 0.6em !important; scroll-margin-top: 64px;}
+/* gradio's container hides its overflow, which makes it the sticky bar's scroll box: clip instead */
+.gradio-container {overflow: clip !important;}
 #steps-nav {position: sticky; top: 0; z-index: 50; background: var(--background-fill-primary);
             border-bottom: 1px solid var(--border-color-primary); padding: 6px 0;}
 #steps-nav a {margin-right: 1.1em; font-weight: 600; text-decoration: none; font-size: 1.05em;}
