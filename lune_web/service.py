@@ -229,8 +229,8 @@ class Service:
 
     # ---- cost: the full fine-tuning comparison ----------------------------------------------
 
-    def run_full_finetune(self, session: Session) -> Iterator[RunUpdate]:
-        """Repeat the last run's loss, facts and settings as full fine-tuning of every weight."""
+    def check_full_finetune(self, session: Session) -> None:
+        """Refuse, with the reason, a full fine-tuning comparison that cannot start now."""
         if session.report is None:
             raise UserError("run an unlearning first: the comparison repeats its settings")
         if session.running:
@@ -238,6 +238,10 @@ class Service:
         if session.taught is not None:
             raise UserError("the full fine-tuning comparison runs on the shared base model, and this page's model "
                             "was taught facts first: drop the taught model to compare")
+
+    def run_full_finetune(self, session: Session) -> Iterator[RunUpdate]:
+        """Repeat the last run's loss, facts and settings as full fine-tuning of every weight."""
+        self.check_full_finetune(session)
         report = session.report
         lm = self.model(session)
         estimate = self.estimate_full_ft(report["metrics"]["total_params"], lm.device)

@@ -20,8 +20,8 @@ def wire(page: Page, service: Service) -> None:
     @guarded(page.cost_status)
     def on_full_ft(state, request: gr.Request):
         service.bind(state, request.session_hash if request else None)
-        if state.report is not None and not state.running:  # an honest estimate before the wait starts
-            yield {page.cost_status: f"Full fine-tuning: {full_ft_forecast(state.report)}"}
+        service.check_full_finetune(state)  # a refusal, if any, comes before the estimate of a wait
+        yield {page.cost_status: f"Full fine-tuning: {full_ft_forecast(state.report)}"}
         for update in service.run_full_finetune(state):
             if not update.done:
                 yield {page.cost_status: "Full fine-tuning — " + progress_markdown(update)}
