@@ -15,41 +15,89 @@ a gate made of the adapter's own weights, which stock PEFT loads like any LoRA.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from peft.tuners.lora import LoraLayer
 
 from .prompting import collate
 
 
-def _input_covariances(peft_model, groups: dict[str, list], device: str, pad_id: int,
-                       batch_size: int = 16) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int]]:
-    """{group: {layer name: Σ xᵀx}} over the real (unpadded) positions of each group's rows, and
-    {group: number of those positions}."""
+@dataclass
+class _Inputs:
+    """What the adapted layers receive from the base model (adapter off), per distinct input: layers
+    fed the same tensor (q, k and v; gate and up) share one entry, named by the first of them."""
+
+    owner: dict[str, str] = field(default_factory=dict)  # layer name -> the layer whose input it reads
+    keep_sums: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # group -> owner -> Σ xᵀx
+    keep_tokens: dict[str, int] = field(default_factory=dict)
+    forget_rows: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # owner -> the forget inputs x
+
+
+def _collect(peft_model, forget: list, keep: dict[str, list], device: str, pad_id: int,
+             batch_size: int = 16) -> _Inputs:
+    """The forget rows' inputs as they are (few: their covariance has low rank) and each keep group's
+    Σ xᵀx, over the real (unpadded) positions."""
     layers = {name: m for name, m in peft_model.named_modules() if isinstance(m, LoraLayer) and m.lora_A}
-    sums: dict[str, dict[str, torch.Tensor]] = {g: {} for g in groups}
+    seen = _Inputs(keep_sums={g: {} for g in keep}, keep_tokens={g: 0 for g in keep})
     current: dict = {}
-    tokens = {g: 0 for g in groups}
 
     def hook(name):
         def grab(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1])[current["mask"]].double()
-            bucket = sums[current["group"]]
-            bucket[name] = bucket.get(name, 0) + x.T @ x
+            x = args[0]
+            # Held for the whole forward, so no later tensor can take the address of one already seen.
+            owner = next((n for t, n in current["held"] if t is x), None)
+            if owner is None:
+                current["held"].append((x, name))
+                owner = name
+            seen.owner.setdefault(name, owner)
+            if owner != name:
+                return
+            rows = x.detach().reshape(-1, x.shape[-1])[current["mask"]]
+            if current["group"] is None:
+                seen.forget_rows.setdefault(name, []).append(rows)
+            else:
+                rows = rows.double()
+                bucket = seen.keep_sums[current["group"]]
+                bucket[name] = bucket.get(name, 0) + rows.T @ rows
         return grab
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
     try:
         with peft_model.disable_adapter(), torch.no_grad():
-            for group, rows in groups.items():
+            for group, rows in [(None, forget), *keep.items()]:
                 for start in range(0, len(rows), batch_size):
                     batch = collate(rows[start:start + batch_size], pad_id).to(device)
-                    current.update(group=group, mask=batch.attention_mask.reshape(-1).bool())
-                    tokens[group] += int(batch.attention_mask.sum())
+                    current.update(group=group, mask=batch.attention_mask.reshape(-1).bool(), held=[])
+                    if group is not None:
+                        seen.keep_tokens[group] += int(batch.attention_mask.sum())
                     peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1)
     finally:
+        current.clear()
         for handle in handles:
             handle.remove()
-    return sums, tokens
+    return seen
+
+
+def focused_directions(x_f: torch.Tensor, c_k: torch.Tensor, ridge: float, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The r leading solutions of C_f v = μ (C_k + λI) v with C_f = x_fᵀx_f / n (x_f: the forget
+    inputs, n × d): (μ, leading first; the directions v as rows, normalised to vᵀ(C_k + λI)v = 1).
+    With L the Cholesky factor of C_k + λI, the problem is the ordinary one of S = Zᵀ Z / n,
+    Z = x_f L⁻ᵀ. When n < d (a few facts' tokens against a wide layer), S's eigenvectors come from
+    the n × n matrix Z Zᵀ / n instead (w = Zᵀ u / √(n μ)): the same solutions, far cheaper."""
+    x_f = x_f.double()
+    n, d = x_f.shape
+    lam = ridge * float(torch.trace(c_k)) / d + 1e-12
+    chol = torch.linalg.cholesky(c_k + lam * torch.eye(d, dtype=c_k.dtype, device=c_k.device))
+    z = torch.linalg.solve_triangular(chol, x_f.T, upper=False).T  # x_f L⁻ᵀ
+    if n < d and r <= n:
+        values, u = torch.linalg.eigh(z @ z.T / n)
+        values, u = values[-r:].flip(0), u[:, -r:].flip(1)
+        w = z.T @ u / (n * values.clamp_min(1e-30)).sqrt()
+    else:
+        values, w = torch.linalg.eigh(z.T @ z / n)
+        values, w = values[-r:].flip(0), w[:, -r:].flip(1)
+    return values, torch.linalg.solve_triangular(chol.T, w, upper=True).T  # v = L⁻ᵀ w
 
 
 def focus_lora(peft_model, forget: list, keep: list[list], device: str, pad_id: int, ridge: float) -> dict[str, float]:
@@ -57,32 +105,30 @@ def focus_lora(peft_model, forget: list, keep: list[list], device: str, pad_id: 
     groups (the facts' neighbours, the anchors), each weighing the same in C_k whatever its size, so a
     few neighbours count as much as many anchors. Returns, per layer, how much more forget than keep
     energy per token its directions carry (the mean generalised eigenvalue)."""
-    groups = {"forget": forget, **{f"keep{i}": rows for i, rows in enumerate(keep) if rows}}
-    sums, tokens = _input_covariances(peft_model, groups, device, pad_id)
-    keep_groups = [g for g in groups if g != "forget"]
+    keep_groups = {f"keep{i}": rows for i, rows in enumerate(keep) if rows}
+    seen = _collect(peft_model, forget, keep_groups, device, pad_id)
+    solved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     contrast = {}
     for name, module in peft_model.named_modules():
-        if not (isinstance(module, LoraLayer) and module.lora_A and name in sums["forget"]):
+        owner = seen.owner.get(name)
+        if not (isinstance(module, LoraLayer) and module.lora_A and owner in seen.forget_rows):
             continue
-        # per-token means: the groups have different numbers of rows
-        c_f = sums["forget"][name] / max(tokens["forget"], 1)
-        c_k = sum(sums[g][name] / tokens[g] for g in keep_groups) / len(keep_groups)
-        d = c_k.shape[0]
-        lam = ridge * float(torch.trace(c_k)) / d + 1e-12
-        chol = torch.linalg.cholesky(c_k + lam * torch.eye(d, dtype=c_k.dtype, device=c_k.device))
-        inv = torch.linalg.inv(chol)
-        values, vectors = torch.linalg.eigh(inv @ c_f @ inv.T)
+        r = max(module.lora_A[a].weight.shape[0] for a in module.active_adapters if a in module.lora_A)
+        if owner not in solved:
+            # per-token means: the groups have different numbers of rows
+            c_k = sum(seen.keep_sums[g][owner] / seen.keep_tokens[g] for g in keep_groups) / len(keep_groups)
+            solved[owner] = focused_directions(torch.cat(seen.forget_rows[owner]), c_k, ridge, r)
+        values, directions = solved[owner]
         for adapter in module.active_adapters:
             if adapter not in module.lora_A:
                 continue
             weight = module.lora_A[adapter].weight  # (r, d)
-            r = weight.shape[0]
-            # Generalised eigenvectors come normalised to vᵀ(C_k + λI)v = 1: along each, the keep inputs'
-            # mean square is at most 1 and the forget inputs' is μ. One common factor then gives the
-            # leading direction unit forget response, so B trains at LoRA's usual scale.
-            directions = (inv.T @ vectors[:, -r:].flip(1)).T  # (r, d), leading first
+            rank = weight.shape[0]
+            # Along each direction the keep inputs' mean square is at most 1 and the forget inputs' is μ.
+            # One common factor then gives the leading direction unit forget response, so B trains at
+            # LoRA's usual scale.
             with torch.no_grad():
-                weight.copy_((directions / values[-1].clamp_min(1e-12).sqrt()).to(weight.dtype))
+                weight.copy_((directions[:rank] / values[0].clamp_min(1e-12).sqrt()).to(weight.dtype))
             weight.requires_grad_(False)
-        contrast[name] = round(float(values[-r:].mean()), 3)
+        contrast[name] = round(float(values[:r].mean()), 3)
     return contrast

@@ -6,7 +6,7 @@ import torch
 from lune_core.adapters import adapter_spec, attached
 from lune_core.config import UnlearnConfig
 from lune_core.prompting import collate
-from lune_core.subspace import focus_lora
+from lune_core.subspace import focus_lora, focused_directions
 from tests.tiny import tiny_model
 
 pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
@@ -50,3 +50,27 @@ def test_a_focused_update_moves_the_forget_rows_and_barely_the_rows_to_keep():
         assert all(p.requires_grad for n, p in peft_model.named_parameters() if "lora_B" in n)
         randomise_b(peft_model)
         assert change(peft_model, forget, pad) > 5 * change(peft_model, keep, pad)
+
+
+def test_the_few_forget_rows_give_the_same_directions_as_the_full_eigenproblem():
+    """Fewer forget tokens than the layer is wide: the n × n route solves the same generalised
+    eigenproblem as the dense d × d one (up to each direction's sign), normalised to vᵀ(C_k + λI)v = 1."""
+    torch.manual_seed(0)
+    d, n, r, ridge = 48, 20, 6, 0.1
+    x_f = torch.randn(n, d, dtype=torch.float64)
+    x_k = torch.randn(200, d, dtype=torch.float64) @ torch.randn(d, d, dtype=torch.float64)
+    c_k = x_k.T @ x_k / len(x_k)
+    values, rows = focused_directions(x_f, c_k, ridge, r)
+    m = c_k + (ridge * float(torch.trace(c_k)) / d + 1e-12) * torch.eye(d, dtype=torch.float64)
+    reference = torch.linalg.eigvals(torch.linalg.solve(m, x_f.T @ x_f / n)).real  # M⁻¹C_f's eigenvalues
+    assert torch.allclose(values, torch.sort(reference, descending=True).values[:r], rtol=1e-8)
+    # each row solves C_f v = μ M v, and vᵀ M v = 1
+    for mu, v in zip(values, rows):
+        assert torch.allclose(x_f.T @ (x_f @ v) / n, mu * (m @ v), rtol=1e-7, atol=1e-9)
+        assert abs(float(v @ m @ v) - 1) < 1e-9
+    # the dense route (n ≥ d) gives the same directions up to sign
+    wide_values, wide_rows = focused_directions(torch.cat([x_f, torch.zeros(d, d, dtype=torch.float64)]) * (
+        ((n + d) / n) ** 0.5), c_k, ridge, r)
+    assert torch.allclose(wide_values, values, rtol=1e-8)
+    signs = torch.sign((wide_rows * rows).sum(1, keepdim=True))
+    assert torch.allclose(wide_rows, signs * rows, rtol=1e-6, atol=1e-9)
