@@ -164,6 +164,7 @@ def main() -> None:
     work = Path(args.out).resolve().parent / "out"  # each run's full output, beside the results
     work.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M")  # rows measured by this invocation; ratios pair rows of one stamp
     results, reused = [], []
     general_count = len(load_general(limit=general_limit))
     sets = args.sets or (["heldout"] if args.quick else list(FACT_SETS))
@@ -188,7 +189,7 @@ def main() -> None:
                     print(f"{method:14s} {name:7s} facts={n:2d} seed={seed} {'kept' if kept else 'ran '} " + " ".join(
                         f"{k}={metrics.get(k)}" for k in METRICS[:8]), flush=True)
                 if runs:
-                    results.append({"method": method, "set": name, "facts": n, "runs": runs,
+                    results.append({"method": method, "set": name, "facts": n, "runs": runs, "measured": stamp,
                                     "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
     kept_rows = []
     if args.keep_rows and Path(args.out).exists():
@@ -202,9 +203,10 @@ def main() -> None:
                                  f"({row['measured']})")
     order = {m: i for i, m in enumerate(METHODS)}
     results.sort(key=lambda r: (list(FACT_SETS).index(r["set"]), r["facts"], order.get(r["method"], len(order))))
-    for row in results:  # ratios to full fine-tuning of the same set and size
+    for row in results:  # ratios to full fine-tuning of the same set and size, measured in the same invocation
+        row.pop("vs_full_ft", None)
         ft = next((r for r in results if r["method"] == "full_ft" and r["facts"] == row["facts"]
-                   and r["set"] == row["set"]), None)
+                   and r["set"] == row["set"] and r["measured"] == row["measured"]), None)
         if ft is None:
             continue
         ratio = {}
@@ -353,6 +355,8 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              "likely than the true one)",
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
+             "- mem / FT, step time / FT: against the full_ft row of the same set and size measured in the same "
+             "invocation, so on the same machine under the same load; blank where there is none",
              "", "| set | facts | method | seeds | " + " | ".join(h for h, _, _ in COLUMNS)
              + " | degenerate (before) | truth ratio | trainable params | s/step | train s | peak MB | mem / FT "
              "| step time / FT | relearn leak | requant leak |",
