@@ -57,6 +57,11 @@ VARIANTS = {
     "focus_r10_kl": ("focus_near_r10 + KL weight 20 on 16 prompts a step",
                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
                       "--set", "retain_weight=20", "--set", "anchors_per_step=16"]),
+    "phrasings": ("focus_near_r10 (the default) + training rows for 3 other phrasings of each question where the "
+                  "base states the answer to them (`probes.training_phrasings`: a 'do you know' question, "
+                  "'Do you know the answer to this? …', 'Please answer: …'; never a scored form)",
+                  ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
+                   "--set", "phrasings=3"]),
     "paper": ("the paper's recipe: r16, alpha 16, dropout 0.05, every projection of every layer, lr 2e-4, "
               "NLL on the negatives only", ["--method", "lune", "--rank", "16", "--set", "lora_alpha=16",
                                             "--set", "lora_dropout=0.05", "--set", "layer_band=0,1",
@@ -84,7 +89,20 @@ def run(name: str, set_name: str, n: int, seed: int, general_limit: int) -> dict
     return json.loads(out.read_text())["metrics"]
 
 
+def earlier_rows(path: Path) -> dict[tuple, str]:
+    """The table's rows as written before, by (variant, set, facts): runs whose outputs are gone (bench/out
+    is not kept in git) stay in the table until a variant is run again."""
+    rows = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 4 + len(FIGURES) and cells[2].isdigit():
+                rows[(cells[0], cells[1], int(cells[2]))] = line
+    return rows
+
+
 def table() -> str:
+    kept = earlier_rows(ROOT / "docs" / "locality_trials.md")
     rows = {}
     for path in sorted(OUT.glob("*.json")):
         if path.name.endswith(".facts.jsonl"):
@@ -102,8 +120,12 @@ def table() -> str:
              "whose mechanism was dropped are kept here with their figures.", "",
              "| variant | set | facts | seeds | " + " | ".join(FIGURES) + " |", "|" + "---|" * (4 + len(FIGURES))]
     order = list(VARIANTS) + list(REMOVED)
-    for (name, set_name, n), runs in sorted(rows.items(), key=lambda kv: (kv[0][2], order.index(kv[0][0])
-                                                                            if kv[0][0] in order else 99)):
+    keys = sorted(set(rows) | set(kept), key=lambda k: (k[2], order.index(k[0]) if k[0] in order else 99, k[1]))
+    for name, set_name, n in keys:
+        runs = rows.get((name, set_name, n))
+        if runs is None:
+            lines.append(kept[(name, set_name, n)])
+            continue
         cells = []
         for key in FIGURES:
             values = [r.get(key) for r in runs if r.get(key) is not None]
