@@ -27,6 +27,8 @@ from .registry import ModelRegistry
 from .session import RunUpdate, Session
 
 DEFAULT_GENERAL_PROMPTS = 8  # collateral damage shows on a handful; each one costs a generation
+
+
 def full_ft_estimate(total_params: int, device: str) -> dict:
     """Memory full fine-tuning needs (every weight trained in fp32, with Adam) against what is free."""
     needed, free = total_params * TRAINING_BYTES_PER_PARAM / 2**20, available_memory_mb(device)

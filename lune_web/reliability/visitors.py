@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from . import corpus
 
@@ -20,7 +21,7 @@ def visitor(url: str, model: str):
 
     client = gradio_client.Client(url, verbose=False)
     info = client.submit(model, True, api_name="/load_model").result(timeout=120)
-    if "4-bit NF4" not in info:
+    if Path(model).name not in corpus.plain(info) or "4-bit NF4" not in info:
         raise RuntimeError(f"the model did not load: {corpus.plain(info)}")
     return client
 
@@ -38,7 +39,8 @@ def four_visitors(url: str, model: str, train: dict) -> dict:
     its own fact only, its replacement is said, no other visitor's word appears in its answers, and
     its "before" answers are the base's; then a fresh page sees the base alone."""
     base = visitor(url, model)
-    base_answers = {q: base.predict(q, 8, api_name="/ask")[0] for q in QUESTIONS}
+    asked = {q: base.predict(q, 8, api_name="/ask") for q in QUESTIONS}
+    base_answers = {q: before for q, (before, _, _) in asked.items()}
 
     def forget(i: int):
         client = visitor(url, model)
@@ -61,7 +63,9 @@ def four_visitors(url: str, model: str, train: dict) -> dict:
         })
     fresh = visitor(url, model)
     fresh_answers = [fresh.predict(q, 8, api_name="/ask") for q in QUESTIONS]
-    return {"pages": pages, "seconds": round(seconds, 1), "base_words": sum(
+    return {"pages": pages, "seconds": round(seconds, 1),
+            "base_page_unchanged": all(before == after for before, after, _ in asked.values()),
+            "base_words": sum(
                 w in a for w in WORDS for a in base_answers.values()),
             "fresh_sees_base": all(before == after == base_answers[q] and "No adapter" in note
                                    for q, (before, after, note) in zip(QUESTIONS, fresh_answers))}
