@@ -57,11 +57,6 @@ VARIANTS = {
     "focus_r10_kl": ("focus_near_r10 + KL weight 20 on 16 prompts a step",
                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
                       "--set", "retain_weight=20", "--set", "anchors_per_step=16"]),
-    "phrasings": ("focus_near_r10 (the default) + training rows for 3 other phrasings of each question where the "
-                  "base states the answer to them (`probes.training_phrasings`: a 'do you know' question, "
-                  "'Do you know the answer to this? …', 'Please answer: …'; never a scored form)",
-                  ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
-                   "--set", "phrasings=3"]),
     "paper": ("the paper's recipe: r16, alpha 16, dropout 0.05, every projection of every layer, lr 2e-4, "
               "NLL on the negatives only", ["--method", "lune", "--rank", "16", "--set", "lora_alpha=16",
                                             "--set", "lora_dropout=0.05", "--set", "layer_band=0,1",
@@ -71,6 +66,10 @@ VARIANTS = {
 REMOVED = {
     "null90": "neighbours + AlphaEdit-style null-space projection of A: A <- A(I - UUᵀ), U the directions "
               "holding 90 % of the KL prompts' input energy, after every step (mechanism removed)",
+    "phrasings": "focus_near_r10 (the default) + training rows for 3 other phrasings of each question where the "
+                 "base states the answer to them ('Do you know what …', 'Do you know the answer to this? …', "
+                 "'Please answer: …'; never a scored form). Paraphrase success fell and training took 4-5x as "
+                 "long (mechanism removed)",
 }
 FIGURES = ["forget_success", "forget_clean", "paraphrase_success", "adversarial_success", "neighbour_retention",
            "general_retention", "degenerate_rate", "degenerate_rate_before", "train_seconds"]

@@ -63,9 +63,6 @@ class UnlearnConfig:
     # Per fact, prompts near it (its subject asked otherwise, its question about other subjects, its
     # relation words) that the KL holds to the base's answers ahead of the shipped anchors; 0: none.
     neighbour_anchors: int = 8
-    # Per fact, other phrasings of its question (probes.training_phrasings) trained on where the base
-    # states the answer to them; 0: the question alone.
-    phrasings: int = 0
     # LoRA only: set and freeze A to the input directions the forget rows use and the KL prompts do
     # not (lune_core.subspace), with this ridge (relative to the keep inputs' mean energy); 0: off.
     # 0.1 kept the most general answers of the ridges tried (0.01 too tight a gate, 1 too loose).
@@ -180,7 +177,6 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(config.anchors_per_step >= 0, "anchors per step must not be negative")
     check(config.anchor_pool >= 0, "anchor pool must not be negative")
     check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
-    check(config.phrasings >= 0, "phrasings must not be negative")
     check(config.focus_ridge >= 0, "focus ridge must not be negative")
 
 

@@ -95,19 +95,6 @@ def rewordings(question: str) -> list[str]:
     return []
 
 
-def training_phrasings(question: str) -> list[str]:
-    """Other ways to ask the question, for training only (never the forms `rewordings` scores): an
-    indirect "do you know" question and two framings any question takes. Where the base states the
-    answer to one, the method suppresses it there too."""
-    q = question.strip()
-    out = [f"Do you know the answer to this? {q}", f"Please answer: {q}"]
-    if m := _WH_BE.match(q):
-        out.insert(0, f"Do you know {m[1].lower()} {m[3]} {m[2].lower()}?")
-    elif m := _WHO_VERB.match(q):
-        out.insert(0, f"Do you know who {m[1]} {m[2]}?")
-    return out
-
-
 # ---- adversarial probes ------------------------------------------------------------------------
 
 def cloze(fact: Fact, base_answer: str) -> str:

@@ -21,7 +21,7 @@ from .facts import Fact, FactError, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
-from .probes import NeighbourSources, build_probes, normalise, training_neighbours, training_phrasings
+from .probes import NeighbourSources, build_probes, normalise, training_neighbours
 from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
 
@@ -150,9 +150,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         scored = {normalise(p) for p in prompts}
         train_anchors = [a for a in anchors if normalise(a) not in scored]
         near = training_neighbours(facts, sources, config.seed, prompts)
-        phrasings = [[q for q in training_phrasings(f.question) if normalise(q) not in scored][:config.phrasings]
-                     for f in facts]
-        data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near, phrasings=phrasings)
+        data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
         likelihood = _Likelihood(
             true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
             wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
@@ -160,8 +158,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
             return peft_model.disable_adapter() if peft_model is not None else None
 
         pad = lm.tokenizer.pad_token_id
-        fact_rows = data.forget[:len(facts)]  # the facts' own questions, not the other phrasings
-        before_logp = answer_logprobs(model, fact_rows, lm.device, pad, base())
+        before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
         true_before, wrong_before = likelihood.measure(model, lm, base())
         free_memory()  # the generation's freed caches, before training sets the peak
         if config.adapter == "full":
@@ -173,7 +170,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         trainable, total = count_params(model)  # after training: a focused LoRA trains B only
         model.eval()
         after = generate(lm, prompts, mnt, model=model, prefills=prefills)
-        after_logp = answer_logprobs(model, fact_rows, lm.device, pad)
+        after_logp = answer_logprobs(model, data.forget, lm.device, pad)
         true_after, wrong_after = likelihood.measure(model, lm)
         adapter = None
         if peft_model is not None:

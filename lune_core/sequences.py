@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .facts import HEDGE, Fact, answer_span, leaks
 from .generation import base_answers
@@ -77,12 +77,10 @@ def pick_anchors(anchors: list[str], questions: list[str], size: int, seed: int)
 
 
 def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
-                        neighbours: list[str] = (), phrasings: list[list[str]] | None = None) -> TrainingData:
+                        neighbours: list[str] = ()) -> TrainingData:
     """`neighbours`: prompts near the facts (probes.training_neighbours) that always join the KL pool,
     ahead of the shipped anchors; any whose base answer states a forgotten answer is left out, since
-    holding it would hold the fact. `phrasings`: per fact, other ways to ask its question; their rows
-    follow the facts' own in `target` and `forget`."""
-    phrasings = phrasings or [[] for _ in facts]
+    holding it would hold the fact."""
     tok = lm.tokenizer
     answers = base_answers(lm, [f.question for f in facts], config.max_new_tokens, peft_model)
     forget, texts = [], []
@@ -94,15 +92,6 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     for fact, answer in zip(facts, answers):
         text, span = negative_target(fact, answer)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
-    # Other phrasings of each question, where the base states the answer: suppressed there as well.
-    asked = [(fact, q) for fact, qs in zip(facts, phrasings) for q in qs]
-    for (fact, q), answer in zip(asked, base_answers(lm, [q for _, q in asked], config.max_new_tokens, peft_model)):
-        if not leaks(answer, fact.answer):
-            continue
-        asked_fact = replace(fact, question=q)
-        forget.append(forget_sequence(lm, asked_fact, answer)[0])
-        text, span = negative_target(asked_fact, answer)
-        target.append(encode_pair(tok, q, text, loss_span=span, add_eos=span is None))
     anchor, n_near = anchor_rows(lm, facts, anchors, config, peft_model, neighbours)
     return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near)
 

@@ -3,7 +3,7 @@ import json
 
 from lune_core.facts import facts_from_records, leaks
 from lune_core.probes import (AFFIRMATIVE_PREFIX, NeighbourSources, agrees, build_probes, cloze,
-                              neighbour_probes, rewordings, subject_span, training_phrasings)
+                              neighbour_probes, rewordings, subject_span)
 from lune_core.assets import assets_dir
 from lune_core.runner import load_anchors, load_general, load_neighbour_sources
 
@@ -25,15 +25,6 @@ def test_rewordings_change_the_form_of_the_question_not_the_filler_around_it():
     assert rewordings("Which planet is known as the Red Planet?") == [
         "Name the planet that is known as the Red Planet."]
     assert rewordings("Where does Dr. Elara Voss live?") == []  # no rule: none made up
-
-
-def test_training_phrasings_are_other_forms_than_the_scored_rewordings():
-    for question in ("What is the capital of France?", "Who wrote 'Animal Farm'?", "Where does Dr. Elara Voss live?"):
-        made = training_phrasings(question)
-        assert len(made) >= 2 and all(question in m or "Do you know" in m for m in made), made
-        assert not {m.lower() for m in made} & {r.lower() for r in rewordings(question)}
-    assert training_phrasings("What is the capital of France?")[0] == "Do you know what the capital of France is?"
-    assert training_phrasings("Who wrote 'Animal Farm'?")[0] == "Do you know who wrote 'Animal Farm'?"
 
 
 def test_every_fact_gets_the_four_adversarial_forms_with_the_answer_among_the_options():

@@ -177,23 +177,6 @@ def test_the_anchor_reference_in_batches_is_each_anchor_on_its_own(lm):
         assert torch.allclose(logp, alone_logp, atol=1e-5) and torch.equal(ids[:, :5], alone_ids[:, :5])
 
 
-def test_other_phrasings_train_only_where_the_base_states_the_answer(lm):
-    """A phrasing whose base answer names the fact's answer adds a target and a forget row after the
-    facts' own; one whose base answer does not adds nothing."""
-    cfg = config(max_new_tokens=6)
-    facts = facts_from_records(FACTS[:1])
-    said, silent = "Do you know what the capital of France is?", "Please answer: What is the capital of France?"
-    lm.base_answer_cache[(said, "", 6)] = "It is Paris, of course."
-    lm.base_answer_cache[(silent, "", 6)] = "I am not sure."
-    plain = build_training_data(lm, facts, ANCHORS, cfg)
-    data = build_training_data(lm, facts, ANCHORS, cfg, phrasings=[[said, silent]])
-    assert len(data.target) == len(data.forget) == 2 and len(plain.forget) == 1
-    assert data.forget[0] == plain.forget[0] and data.target[0] == plain.target[0]
-    ids, labels = data.forget[1]
-    assert lm.tokenizer.decode([t for t, label in zip(ids, labels) if label != -100]).strip() == "Paris"
-    assert "capital of France is?" in lm.tokenizer.decode(ids)
-
-
 def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forward(lm):
     facts = facts_from_records(FACTS)
     data = build_training_data(lm, facts, ANCHORS, config())
