@@ -70,6 +70,13 @@ REMOVED = {
                  "base states the answer to them ('Do you know what …', 'Do you know the answer to this? …', "
                  "'Please answer: …'; never a scored form). Paraphrase success fell and training took 4-5x as "
                  "long (mechanism removed)",
+    "substitutes8": "focus_near_r10 (the default) with the fact's question asked about 8 other subjects instead of 4 "
+                    "among its KL neighbours (12 a fact instead of 8), against same-relation spill: the same "
+                    "same-relation probes were still lost on every seed (setting removed)",
+    "focus_answer": "focus_near_r10 (the default) with C_f taken only at the positions that predict a trained "
+                     "answer token (the state just before 'Paris'), not at every token of the forget rows: "
+                     "training diverged on every seed (loss 6 to 650 by step 3, every answer a run of commas); "
+                     "a dozen answer-position states make no gate (setting removed)",
 }
 FIGURES = ["forget_success", "forget_clean", "paraphrase_success", "adversarial_success", "neighbour_retention",
            "general_retention", "degenerate_rate", "degenerate_rate_before", "train_seconds"]
