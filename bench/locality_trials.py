@@ -57,7 +57,8 @@ VARIANTS = {
     "focus_r10_kl": ("focus_near_r10 + KL weight 20 on 16 prompts a step",
                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
                       "--set", "retain_weight=20", "--set", "anchors_per_step=16"]),
-    "rank4": ("focus_near_r10 (the default) at LoRA rank 4 instead of 8: fewer directions a layer may act along; paraphrase fell to 0.56, no other figure moved up",
+    "rank4": ("focus_near_r10 (the default) at LoRA rank 4 instead of 8: fewer directions a layer may act "
+              "along; paraphrase fell to 0.56, no other figure moved up",
               ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1", "--rank", "4"]),
     "paper": ("the paper's recipe: r16, alpha 16, dropout 0.05, every projection of every layer, lr 2e-4, "
               "NLL on the negatives only", ["--method", "lune", "--rank", "16", "--set", "lora_alpha=16",
