@@ -67,6 +67,9 @@ class UnlearnConfig:
     # not (lune_core.subspace), with this ridge (relative to the keep inputs' mean energy); 0: off.
     # 0.1 kept the most general answers of the ridges tried (0.01 too tight a gate, 1 too loose).
     focus_ridge: float = 0.1
+    # Which positions of the forget rows define C_f: "all" tokens, or only those that predict a trained
+    # answer token ("answer": the state about to say the fact; a trial, docs/locality_trials.md).
+    focus_positions: str = "all"
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
     simnpo_delta: float = 0.0
@@ -178,6 +181,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(config.anchor_pool >= 0, "anchor pool must not be negative")
     check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
     check(config.focus_ridge >= 0, "focus ridge must not be negative")
+    check(config.focus_positions in ("all", "answer"), "focus positions must be 'all' or 'answer'")
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:

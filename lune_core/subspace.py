@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from peft.tuners.lora import LoraLayer
 
-from .prompting import collate
+from .prompting import IGNORE, collate
 
 
 @dataclass
@@ -35,9 +35,10 @@ class _Inputs:
 
 
 def _collect(peft_model, forget: list, keep: dict[str, list], device: str, pad_id: int,
-             batch_size: int = 16) -> _Inputs:
+             batch_size: int = 16, answer_only: bool = False) -> _Inputs:
     """The forget rows' inputs as they are (few: their covariance has low rank) and each keep group's
-    Σ xᵀx, over the real (unpadded) positions."""
+    Σ xᵀx, over the real (unpadded) positions; with `answer_only`, the forget rows' inputs only at the
+    positions that predict a trained token."""
     layers = {name: m for name, m in peft_model.named_modules() if isinstance(m, LoraLayer) and m.lora_A}
     seen = _Inputs(keep_sums={g: {} for g in keep}, keep_tokens={g: 0 for g in keep})
     current: dict = {}
@@ -68,7 +69,11 @@ def _collect(peft_model, forget: list, keep: dict[str, list], device: str, pad_i
             for group, rows in [(None, forget), *keep.items()]:
                 for start in range(0, len(rows), batch_size):
                     batch = collate(rows[start:start + batch_size], pad_id).to(device)
-                    current.update(group=group, mask=batch.attention_mask.reshape(-1).bool(), held=[])
+                    mask = batch.attention_mask.bool()
+                    if group is None and answer_only:
+                        mask = torch.zeros_like(mask)
+                        mask[:, :-1] = batch.labels[:, 1:] != IGNORE  # position t predicts token t + 1
+                    current.update(group=group, mask=mask.reshape(-1), held=[])
                     if group is not None:
                         seen.keep_tokens[group] += int(batch.attention_mask.sum())
                     peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1)
@@ -93,20 +98,24 @@ def focused_directions(x_f: torch.Tensor, c_k: torch.Tensor, ridge: float, r: in
     if n < d and r <= n:
         values, u = torch.linalg.eigh(z @ z.T / n)
         values, u = values[-r:].flip(0), u[:, -r:].flip(1)
-        w = z.T @ u / (n * values.clamp_min(1e-30)).sqrt()
+        # Repeated rows (a target and a forget row share their prefix) leave fewer than r solutions:
+        # dividing by a zero eigenvalue would blow a direction up, so those directions stay zero.
+        real = values > 1e-10 * values[0].clamp_min(1e-30)
+        w = z.T @ u / (n * values.clamp_min(1e-30)).sqrt() * real
     else:
         values, w = torch.linalg.eigh(z.T @ z / n)
         values, w = values[-r:].flip(0), w[:, -r:].flip(1)
     return values, torch.linalg.solve_triangular(chol.T, w, upper=True).T  # v = L⁻ᵀ w
 
 
-def focus_lora(peft_model, forget: list, keep: list[list], device: str, pad_id: int, ridge: float) -> dict[str, float]:
+def focus_lora(peft_model, forget: list, keep: list[list], device: str, pad_id: int, ridge: float,
+               answer_only: bool = False) -> dict[str, float]:
     """Set and freeze every LoRA layer's A to the forget-vs-keep directions; `keep` is a list of row
     groups (the facts' neighbours, the anchors), each weighing the same in C_k whatever its size, so a
     few neighbours count as much as many anchors. Returns, per layer, how much more forget than keep
     energy per token its directions carry (the mean generalised eigenvalue)."""
     keep_groups = {f"keep{i}": rows for i, rows in enumerate(keep) if rows}
-    seen = _collect(peft_model, forget, keep_groups, device, pad_id)
+    seen = _collect(peft_model, forget, keep_groups, device, pad_id, answer_only=answer_only)
     solved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     contrast = {}
     for name, module in peft_model.named_modules():

@@ -124,7 +124,7 @@ def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, p
     if config.focus_ridge and peft_model is not None and config.adapter == "lora" and data.anchor:
         keep = [data.anchor[:data.neighbours], data.anchor[data.neighbours:]]
         focus_lora(peft_model, data.target + data.forget, keep, lm.device, lm.tokenizer.pad_token_id,
-                   config.focus_ridge)
+                   config.focus_ridge, answer_only=config.focus_positions == "answer")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     n_anchor = min(config.anchors_per_step, len(data.anchor)) if needs.anchor else 0

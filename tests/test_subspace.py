@@ -5,8 +5,8 @@ import torch
 
 from lune_core.adapters import adapter_spec, attached
 from lune_core.config import UnlearnConfig
-from lune_core.prompting import collate
-from lune_core.subspace import focus_lora, focused_directions
+from lune_core.prompting import IGNORE, collate
+from lune_core.subspace import _collect, focus_lora, focused_directions
 from tests.tiny import tiny_model
 
 pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
@@ -74,3 +74,41 @@ def test_the_few_forget_rows_give_the_same_directions_as_the_full_eigenproblem()
     assert torch.allclose(wide_values, values, rtol=1e-8)
     signs = torch.sign((wide_rows * rows).sum(1, keepdim=True))
     assert torch.allclose(wide_rows, signs * rows, rtol=1e-6, atol=1e-9)
+
+
+def test_repeated_forget_rows_give_zero_directions_not_huge_ones():
+    """A target row and its forget row share their prefix, so the forget inputs can have fewer
+    independent rows than the rank: the missing directions are zero (no gate there), never the
+    blow-up of dividing by a zero eigenvalue; the real ones are those of the dense route."""
+    torch.manual_seed(0)
+    d, r, ridge = 48, 4, 0.1
+    base = torch.randn(2, d, dtype=torch.float64)
+    x_f = base.repeat(4, 1)  # 8 rows, rank 2
+    x_k = torch.randn(200, d, dtype=torch.float64)
+    c_k = x_k.T @ x_k / len(x_k)
+    values, rows = focused_directions(x_f, c_k, ridge, r)
+    assert torch.isfinite(rows).all() and torch.equal(rows[2:], torch.zeros_like(rows[2:]))
+    dense_values, dense_rows = focused_directions(torch.cat([x_f, torch.zeros(d, d, dtype=torch.float64)]) * (
+        ((8 + d) / 8) ** 0.5), c_k, ridge, r)
+    assert torch.allclose(values[:2], dense_values[:2], rtol=1e-8)
+    signs = torch.sign((dense_rows[:2] * rows[:2]).sum(1, keepdim=True))
+    assert torch.allclose(dense_rows[:2], signs * rows[:2], rtol=1e-6, atol=1e-9)
+
+
+def test_answer_positions_are_the_states_that_predict_a_trained_token():
+    """focus_positions "answer": C_f is built only from the positions whose next token carries loss
+    (the state about to say the answer), not from every token of the forget row."""
+    lm = tiny_model()
+    tok, pad = lm.tokenizer, lm.tokenizer.pad_token_id
+    ids = tok("Paris is the capital of France")["input_ids"]
+    labels = [IGNORE] * (len(ids) - 2) + ids[-2:]  # loss on the last two tokens
+    keep = [(tok("Bees make honey")["input_ids"],) * 2]
+    spec = adapter_spec(UnlearnConfig(adapter="lora", layer_band=(0, 1)), lm.num_layers)
+    with attached(lm, spec) as peft_model:
+        every = _collect(peft_model, [(ids, labels)], {"keep": keep}, "cpu", pad)
+        answer = _collect(peft_model, [(ids, labels)], {"keep": keep}, "cpu", pad, answer_only=True)
+    owner = next(iter(every.forget_rows))
+    assert sum(len(x) for x in every.forget_rows[owner]) == len(ids)
+    rows = torch.cat(answer.forget_rows[owner])
+    assert len(rows) == 2 and torch.equal(rows, torch.cat(every.forget_rows[owner])[-3:-1])
+    assert answer.keep_tokens == every.keep_tokens
