@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from peft.tuners.lora import LoraLayer
 
-from .prompting import IGNORE, collate
+from .losses import loss_positions
+from .prompting import collate
 
 
 @dataclass
@@ -69,10 +70,8 @@ def _collect(peft_model, forget: list, keep: dict[str, list], device: str, pad_i
             for group, rows in [(None, forget), *keep.items()]:
                 for start in range(0, len(rows), batch_size):
                     batch = collate(rows[start:start + batch_size], pad_id).to(device)
-                    mask = batch.attention_mask.bool()
-                    if group is None and answer_only:
-                        mask = torch.zeros_like(mask)
-                        mask[:, :-1] = batch.labels[:, 1:] != IGNORE  # position t predicts token t + 1
+                    answers = group is None and answer_only  # the positions that predict a trained token
+                    mask = loss_positions(batch.labels) if answers else batch.attention_mask.bool()
                     current.update(group=group, mask=mask.reshape(-1), held=[])
                     if group is not None:
                         seen.keep_tokens[group] += int(batch.attention_mask.sum())
