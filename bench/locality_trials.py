@@ -64,6 +64,38 @@ VARIANTS = {
                      "repeated forget rows left zero eigenvalues that the n × n route divided by (fixed)",
                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
                       "--set", "focus_positions=answer"]),
+    "answer_nll8": ("focus_answer trained on until the answer's tokens are 8 nats unlikely instead of 4, so "
+                    "rewordings the run never sees are pushed further: paraphrase unchanged (0.44)",
+                    ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
+                     "--set", "focus_positions=answer", "--set", "stop_answer_nll=8"]),
+    "answer_r100": ("focus_answer with ridge 1 (a looser gate around the answer states)",
+                    ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
+                     "--set", "focus_positions=answer"]),
+    "answer_r1000": ("focus_answer with ridge 10 (looser again: toward the answer states' leading directions)",
+                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=10",
+                      "--set", "focus_positions=answer"]),
+    "answer_r100_rank16": ("answer_r100 at LoRA rank 16: more answer-state directions a layer may act along "
+                            "(stopped after one seed: neighbour 0.83, general 0.87)",
+                           ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
+                            "--set", "focus_positions=answer", "--rank", "16"]),
+    "default_nll8": ("focus_near_r10 (the default) trained on until the answer's tokens are 8 nats unlikely "
+                     "instead of 4: the default's figures again (its runs stop on the leak check first)",
+                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
+                      "--set", "stop_answer_nll=8"]),
+    "answer_upper": ("focus_answer with the LoRA on the upper half of the layers (0.5-1) instead of the middle "
+                     "half, where the state about to say the answer carries the answer more than the wording",
+                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
+                      "--set", "focus_positions=answer", "--set", "layer_band=0.5,1"]),
+    "default_upper": ("focus_near_r10 (the default) on the upper half of the layers (0.5-1): the forget "
+                      "answer itself turned to a loop ('Lyon, Lyon, Lyon, …')",
+                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
+                       "--set", "layer_band=0.5,1"]),
+    "answer_upper_r100": ("answer_upper with ridge 1: on the dev facts neighbours 0.92 and general 0.94 beside "
+                          "the default's paraphrase (0.67); on the held-out facts (run once, after it was "
+                          "picked) paraphrase 1.00 but adversarial 0.52 against 0.75, neighbours no better "
+                          "(0.85) and degenerate answers 0.06: not the default",
+                          ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
+                           "--set", "focus_positions=answer", "--set", "layer_band=0.5,1"]),
     "rank4": ("focus_near_r10 (the default) at LoRA rank 4 instead of 8: fewer directions a layer may act "
               "along; paraphrase fell to 0.56, no other figure moved up",
               ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1", "--rank", "4"]),
@@ -74,6 +106,22 @@ VARIANTS = {
 }
 # Mechanisms tried and removed from the engine (their code is gone; their rows stay in the table).
 REMOVED = {
+    "focus_both": "focus_near_r10 (the default) with C_f the mean of the all-token and the answer-position "
+                  "covariances (focus_positions=both): paraphrase and adversarial below both parents "
+                  "(mechanism removed)",
+    "both_nll8": "focus_both trained on until the answer's tokens are 8 nats unlikely instead of 4 "
+                 "(mechanism removed)",
+    "both_upper": "focus_both on the upper half of the layers (0.5-1) (mechanism removed)",
+    "answer_contexts": "focus_answer with C_f also from the answer states of 3 other phrasings of each question "
+                       "where the base states the answer ('Do you know what …', 'Please answer: …'; never "
+                       "trained on, never a scored form): paraphrase unchanged at 0.44 (mechanism removed)",
+    "answer_contexts_r100": "answer_contexts with ridge 1 (mechanism removed)",
+    "default_contexts": "focus_near_r10 (the default) with C_f also from the 3 other phrasings' rows, every "
+                        "position (mechanism removed)",
+    "split": "LoRA on layers 0.25-1; below half depth C_f from every position of the forget rows (as the "
+             "default), from half depth on from the answer positions only (as answer_upper): the lower "
+             "layers' gate lost the same neighbours as the default (mechanism removed)",
+    "split_r100": "split with ridge 1 (mechanism removed)",
     "null90": "neighbours + AlphaEdit-style null-space projection of A: A <- A(I - UUᵀ), U the directions "
               "holding 90 % of the KL prompts' input energy, after every step (mechanism removed)",
     "phrasings": "focus_near_r10 (the default) + training rows for 3 other phrasings of each question where the "
@@ -126,8 +174,9 @@ def table() -> str:
         rows.setdefault((name, set_name, int(n)), []).append(metrics)
     lines = ["# What was tried to make LoRA local", "",
              "Generated by `python bench/locality_trials.py`; mean (± spread over seeds), every run scored by "
-             "the current rules. Development facts only (`bench/run_bench.py` FACT_SETS['dev']: France, gold, "
-             "Hamlet), the first 48 general questions, `lune` on LoRA unless the variant says otherwise; the "
+             "the current rules. Development facts (`bench/run_bench.py` FACT_SETS['dev']: France, gold, "
+             "Hamlet) unless the set says heldout (a candidate picked on the dev facts, run there once beside "
+             "the default, never tuned on), the first 48 general questions, `lune` on LoRA unless the variant says otherwise; the "
              "held-out figures are in docs/benchmarks.md, the reading in docs/benchmarks_notes.md. Variants "
              "whose mechanism was dropped are kept here with their figures.", "",
              "| variant | set | facts | seeds | " + " | ".join(FIGURES) + " |", "|" + "---|" * (4 + len(FIGURES))]
