@@ -96,6 +96,10 @@ VARIANTS = {
                           "(0.85) and degenerate answers 0.06: not the default",
                           ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
                            "--set", "focus_positions=answer", "--set", "layer_band=0.5,1"]),
+    "answer_wide_r100": ("answer_upper_r100 on layers 0.35-1, reaching down to where subject and relation meet: "
+                         "adversarial no better (0.50, one seed)",
+                         ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
+                          "--set", "focus_positions=answer", "--set", "layer_band=0.35,1"]),
     "rank4": ("focus_near_r10 (the default) at LoRA rank 4 instead of 8: fewer directions a layer may act "
               "along; paraphrase fell to 0.56, no other figure moved up",
               ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1", "--rank", "4"]),
