@@ -25,88 +25,83 @@ from lune_core.evaluation import compute_metrics  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "trials"
 MLP = "gate_proj,up_proj,down_proj"
+NEAR = "neighbour_anchors=8"  # every variant from `neighbours` on holds 8 neighbours a fact in the KL
+
+
+def settings(*pairs: str) -> list[str]:
+    """`--set FIELD=VALUE` for each pair."""
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
 # name -> (what it changes, CLI arguments on top of `--method lune --adapter lora`)
 VARIANTS = {
     "band": ("LoRA r8 on every projection of the middle half of the layers (the earlier LoRA setting), KL on "
-             "shipped anchors, with misdirection (then `lune`, now `lune_misdirect`)", ["--method", "lune_misdirect", "--set", "focus_ridge=0", "--set", "neighbour_anchors=0"]),
+             "shipped anchors, with misdirection (then `lune`, now `lune_misdirect`)",
+             ["--method", "lune_misdirect", *settings("focus_ridge=0", "neighbour_anchors=0")]),
     "neighbours": ("band + KL on 8 automatically built neighbours per fact",
-                   ["--method", "lune_misdirect", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0"]),
+                   ["--method", "lune_misdirect", *settings(NEAR, "focus_ridge=0")]),
     "mlp_early": ("neighbours + LoRA on the MLPs of layers 4-12 only",
-                  ["--method", "lune_misdirect", "--set", "neighbour_anchors=8", "--set", f"target_modules={MLP}",
-                   "--layers", "4-12", "--set", "focus_ridge=0"]),
+                  ["--method", "lune_misdirect", *settings(NEAR, f"target_modules={MLP}"), "--layers", "4-12",
+                   *settings("focus_ridge=0")]),
     "replace": ("neighbours, replacement NLL + KL only (no misdirection of hidden states)",
-                ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0"]),
+                settings(NEAR, "focus_ridge=0")),
     "replace_kl": ("replace + KL weight 20 on 16 prompts a step",
-                   ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "retain_weight=20",
-                    "--set", "anchors_per_step=16", "--set", "focus_ridge=0"]),
+                   settings(NEAR, "retain_weight=20", "anchors_per_step=16", "focus_ridge=0")),
     "pool96": ("replace_kl with every shipped anchor in the KL pool (96) instead of 32",
-               ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "retain_weight=20",
-                "--set", "anchors_per_step=16", "--set", "anchor_pool=96", "--set", "focus_ridge=0"]),
+               settings(NEAR, "retain_weight=20", "anchors_per_step=16", "anchor_pool=96", "focus_ridge=0")),
     "focus": ("replace + neighbours, A set to the forget-vs-keep input directions and frozen (ridge 0.01), "
-              "KL pool 32 from anchors + retain set, C_k over the pool as one group (since split in two)", ["--method", "lune", "--set", "neighbour_anchors=8",
-                                                      "--set", "focus_ridge=0.01"]),
+              "KL pool 32 from anchors + retain set, C_k over the pool as one group (since split in two)",
+              settings(NEAR, "focus_ridge=0.01")),
     "focus_near": ("focus, the neighbours' inputs weighing as much as the anchors' in C_k",
-                   ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.01"]),
+                   settings(NEAR, "focus_ridge=0.01")),
     "focus_near_r10": ("focus_near with ridge 0.1 (a looser gate)",
-                       ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1"]),
+                       settings(NEAR, "focus_ridge=0.1")),
     "focus_near_lr": ("focus_near at lr 3e-4",
-                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.01",
-                       "--lr", "3e-4"]),
+                      [*settings(NEAR, "focus_ridge=0.01"), "--lr", "3e-4"]),
     "focus_r100": ("focus_near with ridge 1 (looser still)",
-                   ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1"]),
+                   settings(NEAR, "focus_ridge=1")),
     "focus_r10_kl": ("focus_near_r10 + KL weight 20 on 16 prompts a step",
-                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
-                      "--set", "retain_weight=20", "--set", "anchors_per_step=16"]),
+                     settings(NEAR, "focus_ridge=0.1", "retain_weight=20", "anchors_per_step=16")),
     "focus_answer": ("focus_near_r10 (the default) with C_f taken only at the positions that predict a trained "
                      "answer token (the state just before 'Paris'), not at every token of the forget rows "
                      "(`--set focus_positions=answer`): neighbours 0.92 instead of 0.69, but paraphrases and "
                      "adversarial forms far less forgotten; a setting, not the default. Its first try diverged: "
                      "repeated forget rows left zero eigenvalues that the n × n route divided by (fixed)",
-                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
-                      "--set", "focus_positions=answer"]),
+                     settings(NEAR, "focus_ridge=0.1", "focus_positions=answer")),
     "answer_nll8": ("focus_answer trained on until the answer's tokens are 8 nats unlikely instead of 4, so "
                     "rewordings the run never sees are pushed further: paraphrase unchanged (0.44)",
-                    ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
-                     "--set", "focus_positions=answer", "--set", "stop_answer_nll=8"]),
+                    settings(NEAR, "focus_ridge=0.1", "focus_positions=answer", "stop_answer_nll=8")),
     "answer_r100": ("focus_answer with ridge 1 (a looser gate around the answer states)",
-                    ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
-                     "--set", "focus_positions=answer"]),
+                    settings(NEAR, "focus_ridge=1", "focus_positions=answer")),
     "answer_r1000": ("focus_answer with ridge 10 (looser again: toward the answer states' leading directions)",
-                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=10",
-                      "--set", "focus_positions=answer"]),
+                     settings(NEAR, "focus_ridge=10", "focus_positions=answer")),
     "answer_r100_rank16": ("answer_r100 at LoRA rank 16: more answer-state directions a layer may act along "
                             "(stopped after one seed: neighbour 0.83, general 0.87)",
-                           ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
-                            "--set", "focus_positions=answer", "--rank", "16"]),
+                           [*settings(NEAR, "focus_ridge=1", "focus_positions=answer"), "--rank", "16"]),
     "default_nll8": ("focus_near_r10 (the default) trained on until the answer's tokens are 8 nats unlikely "
                      "instead of 4: the default's figures again (its runs stop on the leak check first)",
-                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
-                      "--set", "stop_answer_nll=8"]),
+                     settings(NEAR, "focus_ridge=0.1", "stop_answer_nll=8")),
     "answer_upper": ("focus_answer with the LoRA on the upper half of the layers (0.5-1) instead of the middle "
                      "half, where the state about to say the answer carries the answer more than the wording",
-                     ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
-                      "--set", "focus_positions=answer", "--set", "layer_band=0.5,1"]),
+                     settings(NEAR, "focus_ridge=0.1", "focus_positions=answer", "layer_band=0.5,1")),
     "default_upper": ("focus_near_r10 (the default) on the upper half of the layers (0.5-1): the forget "
                       "answer itself turned to a loop ('Lyon, Lyon, Lyon, …')",
-                      ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1",
-                       "--set", "layer_band=0.5,1"]),
+                      settings(NEAR, "focus_ridge=0.1", "layer_band=0.5,1")),
     "answer_upper_r100": ("answer_upper with ridge 1: on the dev facts neighbours 0.92 and general 0.94 beside "
                           "the default's paraphrase (0.67); on the held-out facts (run once, after it was "
                           "picked) paraphrase 1.00 but adversarial 0.52 against 0.75, neighbours no better "
                           "(0.85) and degenerate answers 0.06: not the default",
-                          ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
-                           "--set", "focus_positions=answer", "--set", "layer_band=0.5,1"]),
+                          settings(NEAR, "focus_ridge=1", "focus_positions=answer", "layer_band=0.5,1")),
     "answer_wide_r100": ("answer_upper_r100 on layers 0.35-1, reaching down to where subject and relation meet: "
                          "adversarial no better (0.50, one seed)",
-                         ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=1",
-                          "--set", "focus_positions=answer", "--set", "layer_band=0.35,1"]),
+                         settings(NEAR, "focus_ridge=1", "focus_positions=answer", "layer_band=0.35,1")),
     "rank4": ("focus_near_r10 (the default) at LoRA rank 4 instead of 8: fewer directions a layer may act "
               "along; paraphrase fell to 0.56, no other figure moved up",
-              ["--method", "lune", "--set", "neighbour_anchors=8", "--set", "focus_ridge=0.1", "--rank", "4"]),
+              [*settings(NEAR, "focus_ridge=0.1"), "--rank", "4"]),
     "paper": ("the paper's recipe: r16, alpha 16, dropout 0.05, every projection of every layer, lr 2e-4, "
-              "NLL on the negatives only", ["--method", "lune", "--rank", "16", "--set", "lora_alpha=16",
-                                            "--set", "lora_dropout=0.05", "--set", "layer_band=0,1",
-                                            "--set", "retain_weight=0", "--lr", "2e-4", "--set", "focus_ridge=0", "--set", "neighbour_anchors=0"]),
+              "NLL on the negatives only",
+              ["--rank", "16", *settings("lora_alpha=16", "lora_dropout=0.05", "layer_band=0,1", "retain_weight=0"),
+               "--lr", "2e-4", *settings("focus_ridge=0", "neighbour_anchors=0")]),
 }
 # Mechanisms tried and removed from the engine (their code is gone; their rows stay in the table).
 REMOVED = {
@@ -180,8 +175,9 @@ def table() -> str:
              "Generated by `python bench/locality_trials.py`; mean (± spread over seeds), every run scored by "
              "the current rules. Development facts (`bench/run_bench.py` FACT_SETS['dev']: France, gold, "
              "Hamlet) unless the set says heldout (a candidate picked on the dev facts, run there once beside "
-             "the default, never tuned on), the first 48 general questions, `lune` on LoRA unless the variant says otherwise; the "
-             "held-out figures are in docs/benchmarks.md, the reading in docs/benchmarks_notes.md. Variants "
+             "the default, never tuned on), the first 48 general questions, `lune` on LoRA unless the variant "
+             "says otherwise; the held-out figures are in docs/benchmarks.md, the reading in "
+             "docs/benchmarks_notes.md. Variants "
              "whose mechanism was dropped are kept here with their figures.", "",
              "| variant | set | facts | seeds | " + " | ".join(FIGURES) + " |", "|" + "---|" * (4 + len(FIGURES))]
     order = list(VARIANTS) + list(REMOVED)
