@@ -127,6 +127,15 @@ REMOVED = {
                  "base states the answer to them ('Do you know what …', 'Do you know the answer to this? …', "
                  "'Please answer: …'; never a scored form). Paraphrase success fell and training took 4-5x as "
                  "long (mechanism removed)",
+    "stack": "focus_near_r10 (the default) with A's rank split: half its rows the every-token directions, "
+             "half the answer-state ones (focus_positions=stack), one B trained on both gates under the same "
+             "KL: paraphrase 0.56, neighbours 0.69 (mechanism removed)",
+    "near8": "focus_near_r10 (the default) with 8 of the facts' neighbours in the KL every step on top of the 8 "
+             "anchors (neighbours_per_step=8; by default the KL rows go round the pool, neighbours first, so "
+             "each neighbour is held once in 7 steps): paraphrase 0.74 and neighbours 0.72 against 0.67 and "
+             "0.69, but clean forgetting 0.89, general 0.89 and 40 s of training (setting removed)",
+    "near24": "near8 with 24 neighbours a step, every neighbour of 3 facts at every step: neighbours 0.72, "
+              "adversarial 0.70, twice the training time (setting removed)",
     "substitutes8": "focus_near_r10 (the default) with the fact's question asked about 8 other subjects instead of 4 "
                     "among its KL neighbours (12 a fact instead of 8), against same-relation spill: the same "
                     "same-relation probes were still lost on every seed (setting removed)",
