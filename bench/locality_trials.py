@@ -136,6 +136,10 @@ REMOVED = {
              "0.69, but clean forgetting 0.89, general 0.89 and 40 s of training (setting removed)",
     "near24": "near8 with 24 neighbours a step, every neighbour of 3 facts at every step: neighbours 0.72, "
               "adversarial 0.70, twice the training time (setting removed)",
+    "watch": "focus_near_r10 (the default) with the trained negative's tokens ('Christopher Marlowe', 'Lyon') "
+             "kept as their own entries of the KL at every anchor position beside the base's top 64, so a "
+             "replacement rising on a neighbour is seen (kl_watch): the default's figures to two decimals "
+             "(setting removed)",
     "substitutes8": "focus_near_r10 (the default) with the fact's question asked about 8 other subjects instead of 4 "
                     "among its KL neighbours (12 a fact instead of 8), against same-relation spill: the same "
                     "same-relation probes were still lost on every seed (setting removed)",
