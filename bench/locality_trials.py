@@ -133,7 +133,7 @@ REMOVED = {
     "near8": "focus_near_r10 (the default) with 8 of the facts' neighbours in the KL every step on top of the 8 "
              "anchors (neighbours_per_step=8; by default the KL rows go round the pool, neighbours first, so "
              "each neighbour is held once in 7 steps): paraphrase 0.74 and neighbours 0.72 against 0.67 and "
-             "0.69, but clean forgetting 0.89, general 0.89 and 40 s of training (setting removed)",
+             "0.69, but clean forgetting 0.89, general 0.89 and 43 s of training (setting removed)",
     "near24": "near8 with 24 neighbours a step, every neighbour of 3 facts at every step: neighbours 0.72, "
               "adversarial 0.70, twice the training time (setting removed)",
     "watch": "focus_near_r10 (the default) with the trained negative's tokens ('Christopher Marlowe', 'Lyon') "
