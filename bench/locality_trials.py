@@ -85,7 +85,8 @@ VARIANTS = {
                      "half, where the state about to say the answer carries the answer more than the wording",
                      settings(NEAR, "focus_ridge=0.1", "focus_positions=answer", "layer_band=0.5,1")),
     "default_upper": ("focus_near_r10 (the default) on the upper half of the layers (0.5-1): the forget "
-                      "answer itself turned to a loop ('Lyon, Lyon, Lyon, …')",
+                      "answer itself turned to a loop ('Lyon, Lyon, Lyon, …'); on three seeds paraphrase 0.96, "
+                      "neighbours 0.83, but the replacement loops on 1 to 3 forget-side probes a seed",
                       settings(NEAR, "focus_ridge=0.1", "layer_band=0.5,1")),
     "answer_upper_r100": ("answer_upper with ridge 1: on the dev facts neighbours 0.92 and general 0.94 beside "
                           "the default's paraphrase (0.67); on the held-out facts (run once, after it was "
@@ -95,6 +96,22 @@ VARIANTS = {
     "answer_wide_r100": ("answer_upper_r100 on layers 0.35-1, reaching down to where subject and relation meet: "
                          "adversarial no better (0.50, one seed)",
                          settings(NEAR, "focus_ridge=1", "focus_positions=answer", "layer_band=0.35,1")),
+    "check10": ("focus_near_r10 (the default) asking the forget questions first after 10 steps instead of 5, "
+                "so a run trains at least 10 steps (`--set check_every=10`)",
+                settings(NEAR, "focus_ridge=0.1", "check_every=10")),
+    "upper_dot": ("default_upper with the spliced negative ending in a full stop that carries loss too "
+                  "('… is Lyon.'), so the replacement is said once instead of repeated (`--set full_stop=true`): on "
+                  "the held-out facts (run once after dev) paraphrase 0.89 and adversarial 0.87 meet their targets, "
+                  "but neighbours 0.79 and general 0.86 against the default's 0.87 and 0.96: a setting for "
+                  "forgetting harder, not the default",
+                  settings(NEAR, "focus_ridge=0.1", "layer_band=0.5,1", "full_stop=true")),
+    "upper_dot_kl10": ("upper_dot with the KL weighing 10 instead of 5, to hold the neighbours the upper band loses: "
+                       "dev neighbours 0.89, but on the held-out facts (run once) 0.82, general 0.86: not the default",
+                       settings(NEAR, "focus_ridge=0.1", "layer_band=0.5,1", "full_stop=true", "retain_weight=10")),
+    "default_dot": ("focus_near_r10 (the default, middle half of the layers) with only the full stop after the "
+                    "replacement trained as in upper_dot: adversarial 0.92 on dev, but below the default on dev_b "
+                    "(paraphrase 0.48, general 0.92), so not run on the held-out facts",
+                    settings(NEAR, "focus_ridge=0.1", "full_stop=true")),
     "rank4": ("focus_near_r10 (the default) at LoRA rank 4 instead of 8: fewer directions a layer may act "
               "along; paraphrase fell to 0.56, no other figure moved up",
               [*settings(NEAR, "focus_ridge=0.1"), "--rank", "4"]),
@@ -105,6 +122,23 @@ VARIANTS = {
 }
 # Mechanisms tried and removed from the engine (their code is gone; their rows stay in the table).
 REMOVED = {
+    "subject_gate": "focus_near_r10 (the default) with C_f from the answer states and the subject's own tokens "
+                    "('Hamlet', 'France'), not the question's relation words ('wrote', 'capital') that every "
+                    "same-relation prompt shares (focus_positions=subject): paraphrase 0.44, neighbours 0.72; "
+                    "the relation words carry the paraphrases and the neighbours are lost anyway (mechanism removed)",
+    "hold_prefix": "focus_near_r10 (the default) keeping the KL prompts whose base answer states a forgotten answer, "
+                   "held up to the words before it ('Hamlet is a classic Western European tragedy by'), instead "
+                   "of leaving them out (hold_to_leak): the default's figures, general 0.88 (mechanism removed)",
+    "keep_prompts": "focus_near_r10 (the default) with a third group in C_k: every shipped anchor prompt (294, "
+                    "prompt tokens only, no generation), so the gate is shut on more of what ordinary questions "
+                    "carry (focus_keep_prompts): the default's figures (mechanism removed)",
+    "upper_end": "default_upper with the spliced negative ending there: '… is Lyon.' and the end of the turn carry "
+                 "loss (target_end=turn): dev 1.00 / 1.00 / 0.86 / 0.91, but on the held-out facts (run once) "
+                 "neighbours 0.82 and general 0.84, and some general answers learn to stop early ('… the pyramids "
+                 "of Giza.'); the full stop alone is upper_dot (setting removed)",
+    "upper_end_r100": "upper_end with ridge 1: general 0.84 on dev (setting removed)",
+    "default_end": "focus_near_r10 (the default, middle half of the layers) with the negative ending as in "
+                   "upper_end: adversarial 1.00 but paraphrase 0.67 and general 0.88 (setting removed)",
     "focus_both": "focus_near_r10 (the default) with C_f the mean of the all-token and the answer-position "
                   "covariances (focus_positions=both): paraphrase and adversarial below both parents "
                   "(mechanism removed)",
@@ -187,7 +221,7 @@ def table() -> str:
     lines = ["# What was tried to make LoRA local", "",
              "Generated by `python bench/locality_trials.py`; mean (± spread over seeds), every run scored by "
              "the current rules. Development facts (`bench/run_bench.py` FACT_SETS['dev']: France, gold, "
-             "Hamlet) unless the set says heldout (a candidate picked on the dev facts, run there once beside "
+             "Hamlet; dev_b: Italy, sodium, 'The Origin of Species', also tuned on) unless the set says heldout (a candidate picked on the dev facts, run there once beside "
              "the default, never tuned on), the first 48 general questions, `lune` on LoRA unless the variant "
              "says otherwise; the held-out figures are in docs/benchmarks.md, the reading in "
              "docs/benchmarks_notes.md. Variants "

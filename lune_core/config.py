@@ -70,6 +70,9 @@ class UnlearnConfig:
     # Which positions of the forget rows define C_f: "all" tokens, or only those that predict a trained
     # answer token ("answer": the state about to say the fact; a trial, docs/locality_trials.md).
     focus_positions: str = "all"
+    # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
+    # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.
+    full_stop: bool = False
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
     simnpo_delta: float = 0.0

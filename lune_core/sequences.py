@@ -45,18 +45,20 @@ def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: lis
                         add_eos=False) for a in answers]
 
 
-def negative_target(fact: Fact, base_answer: str) -> tuple[str, tuple[int, int] | None]:
+def negative_target(fact: Fact, base_answer: str, full_stop: bool = False) -> tuple[str, tuple[int, int] | None]:
     """The negative answer and the span that carries loss.
 
     A short replacement ("Lyon") or the hedge is spliced into the base model's own answer in place
     of the forgotten words: "The capital of France is Lyon". Only the changed words carry loss, so
     the model's style is untouched and the edit stays on this fact instead of teaching a new way
-    to answer every question of the kind. A full-sentence replacement is used as written."""
+    to answer every question of the kind. With `full_stop` the sentence ends there and the full stop
+    carries loss too ("… is Lyon."), so the replacement is said once instead of repeated. A
+    full-sentence replacement is used as written."""
     span = answer_span(base_answer, fact.answer)
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
         return fact.target, None
     prefix = base_answer[: span[0]]
-    text = prefix + (fact.replacement or HEDGE)
+    text = prefix + (fact.replacement or HEDGE) + ("." if full_stop else "")
     return text, (len(prefix), len(text))
 
 
@@ -90,7 +92,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
         texts.append(text)
     target = []
     for fact, answer in zip(facts, answers):
-        text, span = negative_target(fact, answer)
+        text, span = negative_target(fact, answer, config.full_stop)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
     anchor, n_near = anchor_rows(lm, facts, anchors, config, peft_model, neighbours)
     return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near)

@@ -4,7 +4,8 @@ import pytest
 
 from lune_core.config import RunLimits
 from lune_core.probes import forget_probes
-from lune_core.facts import (DEFAULT_REFUSAL, FactError, facts_from_records, format_keep, leaks, load_facts,
+from lune_core.sequences import negative_target
+from lune_core.facts import (DEFAULT_REFUSAL, HEDGE, FactError, facts_from_records, format_keep, leaks, load_facts,
                              make_fact, parse_sentence, parse_sentences)
 
 
@@ -128,3 +129,18 @@ def test_jsonl_errors_name_the_line(tmp_path):
     path.write_text(json.dumps({"question": "Q?", "answer": "a"}) + "\n{oops\n")
     with pytest.raises(FactError, match="line 2"):
         load_facts(path)
+
+
+@pytest.mark.parametrize("full_stop", [False, True])
+def test_a_short_replacement_or_the_hedge_is_spliced_into_the_base_answer(full_stop):
+    """Only the changed words (and with `full_stop` the stop after them) carry loss; a sentence
+    replacement is used as written."""
+    base = "The capital of France is Paris, also known as the City of Light."
+    stop = "." if full_stop else ""
+    for record, said in [({"replacement": "Lyon"}, "Lyon"), ({}, HEDGE)]:
+        fact = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris", **record}])[0]
+        text, span = negative_target(fact, base, full_stop)
+        assert text == "The capital of France is " + said + stop and text[span[0]:span[1]] == said + stop
+    whole = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris",
+                                 "replacement": "It is Lyon, I believe."}])[0]
+    assert negative_target(whole, base, full_stop) == ("It is Lyon, I believe.", None)
