@@ -44,6 +44,8 @@ FACT_SETS = {
             ("authors", 2), ("capitals", 5), ("science_symbols", 6), ("authors", 8), ("capitals", 9)],
     # three more development facts (the dev set's 4th-6th), so a trial is tuned on more than three
     "dev_b": [("capitals", 2), ("science_symbols", 1), ("authors", 2)],
+    # and three of another kind (the Pope, Germany's currency, Microsoft's CEO: answers now outdated)
+    "dev_c": [("outdated_facts", 0), ("outdated_facts", 3), ("outdated_facts", 6)],
 }
 FACT_PICKS = FACT_SETS["heldout"]
 
@@ -145,7 +147,7 @@ def main() -> None:
     parser.add_argument("--first-seed-only-methods", nargs="*", default=[], metavar="METHOD",
                         help="methods run with the first seed only (the table gives each row's seeds)")
     parser.add_argument("--sets", nargs="*", default=None, choices=list(FACT_SETS),
-                        help="fact sets (default: heldout and dev; --quick: heldout; dev_b: trials only)")
+                        help="fact sets (default: heldout and dev; --quick: heldout; dev_b, dev_c: trials only)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--general-limit", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
