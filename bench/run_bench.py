@@ -26,7 +26,7 @@ from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
-METHODS = ["lune", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress", "grad_ascent", "npo", "simnpo",
+METHODS = ["lune", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress", "grad_ascent", "npo", "simnpo",
            "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
@@ -46,8 +46,14 @@ FACT_SETS = {
     "dev_b": [("capitals", 2), ("science_symbols", 1), ("authors", 2)],
     # and three of another kind (the Pope, Germany's currency, Microsoft's CEO: answers now outdated)
     "dev_c": [("outdated_facts", 0), ("outdated_facts", 3), ("outdated_facts", 6)],
+    # Facts no session had run before the answer gate was built (sixteenth session): the shipped presets'
+    # facts in no other set. Never tuned on, never read probe by probe; "heldout" above had been run by
+    # several candidates before, so the gate's figures are quoted on both.
+    "fresh": [("capitals", 4), ("science_symbols", 2), ("authors", 3), ("capitals", 7), ("science_symbols", 5),
+              ("authors", 5), ("science_symbols", 8), ("authors", 7), ("science_symbols", 9), ("authors", 9)],
 }
 FACT_PICKS = FACT_SETS["heldout"]
+UNTUNED = ("heldout", "fresh")  # the sets the targets are read on
 
 
 def fact_set(n: int, name: str = "heldout") -> list[dict]:
@@ -57,6 +63,9 @@ def fact_set(n: int, name: str = "heldout") -> list[dict]:
 # What a benchmark method sets in the engine's config beyond its loss name; the CLI arguments of a
 # run and the check that a saved run is the same (--resume) both come from here.
 VARIANTS = {
+    # LUNE's LoRA without the answer gate: the same layers and loss, a KL holding the facts' neighbours and
+    # anchors instead. What the gate alone changes.
+    "lune_ungated": {"method": "lune", "gate": False},
     # LUNE's loss on the subject's token embeddings instead of LoRA (the default of sessions 6-8):
     # what the choice of adapter alone changes
     "lune_subject": {"method": "lune", "adapter": "subject"},
@@ -65,13 +74,16 @@ VARIANTS = {
     "full_ft": {"method": "lune", "adapter": "full", "learning_rate": FULL_FT_LR},
     # The paper's recipe as a public reimplementation reads it: LoRA r16, alpha 16, dropout 0.05 on
     # every projection of every layer, AdamW 2e-4, NLL on the negative examples only (no retain term).
-    "paper_recipe": {"method": "lune", "adapter": "lora", "lora_rank": 16, "lora_alpha": 16,
+    "paper_recipe": {"method": "lune", "adapter": "lora", "gate": False, "lora_rank": 16, "lora_alpha": 16,
                      "lora_dropout": 0.05, "layer_band": (0.0, 1.0), "learning_rate": 2e-4, "retain_weight": 0.0,
-                     "focus_ridge": 0.0, "neighbour_anchors": 0},
+                     "neighbour_anchors": 0},
+    # The field's baselines as the field runs them: plain LoRA (no gate), their losses as published.
+    "grad_ascent": {"method": "grad_ascent", "gate": False},
+    "npo": {"method": "npo", "gate": False},
+    "simnpo": {"method": "simnpo", "gate": False},
 }
 # Settings that the CLI takes through `--set FIELD=VALUE` rather than a flag of their own.
-_SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "retain_weight", "lora_rank", "focus_ridge",
-               "neighbour_anchors")
+_SET_FIELDS = ("gate", "lora_alpha", "lora_dropout", "layer_band", "retain_weight", "lora_rank", "neighbour_anchors")
 
 
 def method_settings(method: str) -> dict:
@@ -147,7 +159,7 @@ def main() -> None:
     parser.add_argument("--first-seed-only-methods", nargs="*", default=[], metavar="METHOD",
                         help="methods run with the first seed only (the table gives each row's seeds)")
     parser.add_argument("--sets", nargs="*", default=None, choices=list(FACT_SETS),
-                        help="fact sets (default: heldout and dev; --quick: heldout; dev_b, dev_c: trials only)")
+                        help="fact sets (default: heldout, fresh and dev; --quick: heldout; dev_b, dev_c: trials only)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--general-limit", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
@@ -171,7 +183,7 @@ def main() -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M")  # rows measured by this invocation; ratios pair rows of one stamp
     results, reused = [], []
     general_count = len(load_general(limit=general_limit))
-    sets = args.sets or (["heldout"] if args.quick else ["heldout", "dev"])
+    sets = args.sets or (["heldout"] if args.quick else ["heldout", "fresh", "dev"])
     for name in sets:
         for n in sizes:
             facts = fact_set(n, name)
@@ -316,13 +328,13 @@ def _met(value, op: str, bound) -> str:
 
 
 def target_lines(results: list[dict]) -> list[str]:
-    """Each target of the locality issue against `lune` on the held-out facts, met or MISSED."""
+    """Each target of the locality issue against `lune` on the facts never tuned on, met or MISSED."""
     lines = []
-    for n in (3, 10):
-        row = next((r for r in results if r["method"] == "lune" and r["facts"] == n and r["set"] == "heldout"), None)
-        lines += ["", f"### {n} facts (held-out set)", ""]
+    for name, n in [(name, n) for name in UNTUNED for n in (3, 10)]:
+        row = next((r for r in results if r["method"] == "lune" and r["facts"] == n and r["set"] == name), None)
+        lines += ["", f"### {n} facts ({name} set)", ""]
         if row is None:
-            lines.append(f"- not measured: this table has no {n}-fact `lune` run on the held-out facts")
+            lines.append(f"- not measured: this table has no {n}-fact `lune` run on the {name} facts")
             continue
         s = row["summary"]
         for key, (op, bounds) in TARGETS.items():
@@ -347,7 +359,7 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"- date {meta['date']}; {meta['machine']}; Python {meta['python']}, torch {meta['torch']}, "
              f"transformers {meta['transformers']}, peft {meta['peft']}, bitsandbytes {meta['bitsandbytes']}",
              "- model: embedded SmolLM2-135M-Instruct, NF4 4-bit (full_ft: full precision fp32, all weights)",
-             f"- fact sets {meta.get('sets', ['heldout'])} (heldout: never tuned on; dev: may be tuned on), "
+             f"- fact sets {meta.get('sets', ['heldout'])} (heldout, fresh: never tuned on; dev: may be tuned on), "
              f"sizes {meta['fact_sets']}, seeds {meta['seeds']}{_first_seed_only(meta)}, at most "
              f"{meta['max_steps']} steps (early stop on), general set limit {meta['general_limit'] or 'all'}; "
              f"wall time {meta['wall_seconds']} s" + _reused(meta) + _kept_rows(meta),
@@ -375,7 +387,7 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
             f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
             _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", "")),
             _fmt(s["relearn_leak_rate"]), _fmt(s["requant_leak_rate"])]) + " |")
-    lines += ["", "## Targets (`lune`, default settings, held-out facts)"] + target_lines(results)
+    lines += ["", "## Targets (`lune`, default settings, facts never tuned on)"] + target_lines(results)
     lines += ["", "Notes on each method are in the section below, written after reading this table.", ""]
     for kept in ("journey.md", "benchmarks_notes.md"):  # written by bench/journey.py and by hand
         if (folder / kept).exists():

@@ -16,6 +16,7 @@ from peft import (LoraConfig, PeftConfig, TrainableTokensConfig, get_peft_model,
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
 from .config import UnlearnConfig, lora_layers
+from .gate import install, uninstall
 from .memory import free_memory
 from .models import LoadedModel, load_model
 
@@ -58,7 +59,7 @@ def adapter_spec(config: UnlearnConfig, num_layers: int, token_ids: list[int] | 
 def peft_config(spec: dict, **extra) -> PeftConfig:
     """The PEFT config for a spec. Trainable tokens on a model whose input and output embeddings are
     tied (SmolLM2) edit both, so merging the adapter into the weights gives the same model."""
-    kwargs = {k: v for k, v in spec.items() if k != "kind"}
+    kwargs = {k: v for k, v in spec.items() if k not in ("kind", "gate")}
     if spec["kind"] == "subject":
         return TrainableTokensConfig(**kwargs, **extra)
     return LoraConfig(**kwargs, **extra)
@@ -80,8 +81,11 @@ def attached(lm: LoadedModel, spec: dict, state: AdapterState | None = None):
                     module.forward = partial(edited_rows_forward, module)
             if state is not None:
                 set_peft_model_state_dict(peft_model, {k: v.to(lm.device) for k, v in state.weights.items()})
+            if spec.get("gate") is not None:
+                install(peft_model, lm.tokenizer, spec["gate"])
             yield peft_model
         finally:
+            uninstall(peft_model)
             peft_model.unload()
             # get_peft_model leaves its config on the base; a stale one would confuse the next wrap.
             if hasattr(lm.model, "peft_config"):

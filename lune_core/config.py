@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .gate import GATE_THRESHOLD
 from .losses import METHODS, UNLEARNING_METHODS
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -27,9 +28,9 @@ class UnlearnConfig:
     # "flag": the command-line flag that sets the field (lune_core.cli builds its arguments from it).
     method: str = field(default="lune", metadata={"flag": "--method",
                         "help": "one of: " + ", ".join(UNLEARNING_METHODS)})
-    # LoRA, focused (focus_ridge) and held on the facts' neighbours (neighbour_anchors): the variants
-    # tried and their figures are in docs/locality_trials.md. A "subject" run where no question has a
-    # subject word falls back to "lora".
+    # LoRA under the answer gate (lune_core.gate) on the upper half of the layers: the variants tried and
+    # their figures are in docs/locality_trials.md. A "subject" run where no question has a subject word
+    # falls back to "lora".
     adapter: str = field(default="lora", metadata={"flag": "--adapter", "help": "lora (default): LoRA on a band of "
                          "layers; subject: the embeddings of the tokens naming each fact's subject; full: every "
                          "weight of a full-precision copy (the full fine-tuning baseline)"})
@@ -45,13 +46,14 @@ class UnlearnConfig:
     lora_alpha: int | None = None  # None: twice the rank
     lora_dropout: float = 0.0  # dropout only adds noise to a 20-step run
     target_modules: tuple[str, ...] = ALL_PROJECTIONS
-    # Fractions of depth: LoRA sits on a middle band of layers, where factual recall lives,
-    # so early token processing and the final read-out stay untouched.
-    layer_band: tuple[float, float] = (0.25, 0.75)
+    # Fractions of depth. Under the gate the update acts only at the positions about to state a forgotten
+    # answer; there the upper half, nearer the read-out, forgot every rewording of the development facts
+    # and the middle half two thirds of them (docs/locality_trials.md).
+    layer_band: tuple[float, float] = (0.5, 1.0)
     # explicit layer indices override layer_band
     layers: tuple[int, ...] | None = field(default=None, metadata={
         "flag": "--layers", "parse": "layers",
-        "help": "layers with LoRA, e.g. 8-20 or 4,6,8 (default: the middle band)"})
+        "help": "layers with LoRA, e.g. 8-20 or 4,6,8 (default: the upper half)"})
     suppress_layer: int | None = None  # None: the top layer of the LoRA band
     suppress_weight: float = 0.5  # lune_misdirect and lune_suppress
     steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
@@ -63,16 +65,13 @@ class UnlearnConfig:
     # Per fact, prompts near it (its subject asked otherwise, its question about other subjects, its
     # relation words) that the KL holds to the base's answers ahead of the shipped anchors; 0: none.
     neighbour_anchors: int = 8
-    # LoRA only: set and freeze A to the input directions the forget rows use and the KL prompts do
-    # not (lune_core.subspace), with this ridge (relative to the keep inputs' mean energy); 0: off.
-    # 0.1 kept the most general answers of the ridges tried (0.01 too tight a gate, 1 too loose).
-    focus_ridge: float = 0.1
-    # Which positions of the forget rows define C_f: "all" tokens, or only those that predict a trained
-    # answer token ("answer": the state about to say the fact; a trial, docs/locality_trials.md).
-    focus_positions: str = "all"
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
     # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.
     full_stop: bool = False
+    # LoRA only: apply the update only where the model is about to state a forgotten answer, as the
+    # base sees it, with at least this probability (lune_core.gate); false: everywhere, as plain LoRA.
+    gate: bool = True
+    gate_threshold: float = GATE_THRESHOLD
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
     simnpo_delta: float = 0.0
@@ -183,8 +182,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(config.anchors_per_step >= 0, "anchors per step must not be negative")
     check(config.anchor_pool >= 0, "anchor pool must not be negative")
     check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
-    check(config.focus_ridge >= 0, "focus ridge must not be negative")
-    check(config.focus_positions in ("all", "answer"), "focus positions must be 'all' or 'answer'")
+    check(0 < config.gate_threshold < 1, "gate threshold must be between 0 and 1")
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:

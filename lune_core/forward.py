@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .gate import gate_of
 from .losses import Selected, loss_positions, select_positions
 from .prompting import IGNORE, TokenBatch, collate
 
@@ -28,13 +29,17 @@ class Forward:
 
     def __call__(self, groups: dict[str, list]) -> dict[str, Selected]:
         names = [n for n, seqs in groups.items() if seqs]
-        batch: TokenBatch = collate([s for n in names for s in groups[n]], self.pad_id).to(self.device)
+        rows = [s for n in names for s in groups[n]]
+        batch: TokenBatch = collate(rows, self.pad_id).to(self.device)
         shared = shared_prefix_length(batch, self.edited) if self.edited is not None else 0
         batch, context = self._after_prefix(batch, shared) if shared else (
             batch, {"attention_mask": batch.attention_mask, "use_cache": False})
         keep = loss_positions(batch.labels)
         # Logits only where loss is carried: the 49 k-wide vocabulary projection (and, for full
         # fine-tuning, its gradient) at every prompt position was a large share of a step's time.
+        gate = gate_of(self.model)
+        if gate is not None:
+            gate.mask = gate.batch_mask([ids for ids, _ in rows])
         out = self.model(input_ids=batch.input_ids, logits_to_keep=keep, output_hidden_states=self.with_hidden,
                          **context)
         hidden = out.hidden_states[self.layer + 1] if self.with_hidden else None

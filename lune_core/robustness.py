@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from .adapters import AdapterState, attached, save_merged
 from .config import UnlearnConfig
 from .facts import Fact, leaks
@@ -78,7 +80,7 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
         # Plain fine-tuning through the run's own trainer: a constant rate, no clipping, nothing held.
         attack = replace(config, method="finetune", adapter=adapter.spec["kind"], steps=steps,
                          learning_rate=learning_rate, schedule="constant", max_grad_norm=math.inf, weight_decay=0.01,
-                         retain_weight=0.0, focus_ridge=0.0, check_every=0, gradient_checkpointing=False)
+                         retain_weight=0.0, check_every=0, gradient_checkpointing=False)
         for _ in unlearn(lm, peft_model, data, [], attack, peft_model=peft_model):
             pass
         after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
@@ -87,20 +89,40 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
             "relearn_answers": [{"prompt": p, "after_relearning": a} for p, a in zip(prompts, after)]}
 
 
+def nf4_rounded(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each tensor through 4-bit NF4 and back (blocks of 64, as bitsandbytes quantizes weights)."""
+    import bitsandbytes.functional as bnb
+
+    out = {}
+    for name, t in weights.items():
+        packed, state = bnb.quantize_4bit(t.float().contiguous(), quant_type="nf4", blocksize=64)
+        out[name] = bnb.dequantize_4bit(packed, state).reshape(t.shape).to(t.dtype)
+    return out
+
+
 def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], config: UnlearnConfig,
                       forgotten: list[bool]) -> dict:
-    """Merge the adapter into full-precision weights, quantize the result to NF4 again, re-ask."""
+    """Merge the adapter into full-precision weights, quantize the result to NF4 again, re-ask. A gated
+    adapter cannot be merged (the gate is not a weight): its own weights go through NF4 instead, and it
+    answers, gated, on the 4-bit base."""
     probes = forget_probes(facts)
     prompts = [p.prompt for p in probes]
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix="requant-", dir=cache_dir())  # inside the allowed model roots
-    try:
-        save_merged(lm, adapter, Path(folder))
-        requant = load_model(folder, quantize=True, device=lm.device, compute_dtype=lm.compute_dtype)
-        after = generate(requant, prompts, config.max_new_tokens)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return {"requant_leak_rate": _leak_rate(after, probes, forgotten),
+    if adapter.spec.get("gate") is not None:
+        rounded = AdapterState(adapter.spec, nf4_rounded(adapter.weights), adapter.info)
+        with attached(lm, rounded.spec, rounded) as peft_model:
+            after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
+        how = "adapter weights rounded through NF4, gate kept"
+    else:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        folder = tempfile.mkdtemp(prefix="requant-", dir=cache_dir())  # inside the allowed model roots
+        try:
+            save_merged(lm, adapter, Path(folder))
+            requant = load_model(folder, quantize=True, device=lm.device, compute_dtype=lm.compute_dtype)
+            after = generate(requant, prompts, config.max_new_tokens)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        how = "merged into the weights, re-quantized to NF4"
+    return {"requant_leak_rate": _leak_rate(after, probes, forgotten), "requant_how": how,
             "requant_answers": [{"prompt": p, "after_requant": a} for p, a in zip(prompts, after)]}
 
 

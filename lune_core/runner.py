@@ -16,7 +16,8 @@ from .adapters import AdapterState, adapter_spec, attached, snapshot
 from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import answer_logprobs, compute_metrics, likelihood_metrics, score_probes, token_logprobs
-from .sequences import answer_sequences, build_training_data
+from .gate import gate_of
+from .sequences import answer_sequences, build_training_data, gate_spec, gated, gated_run
 from .facts import Fact, FactError, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
@@ -136,6 +137,8 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         context = nullcontext(None)
     else:
         spec = adapter_spec(config, lm.num_layers, list(tokens))
+        if gated_run(config):
+            spec["gate"] = gate_spec(lm.tokenizer, facts, config.gate_threshold)
         torch.manual_seed(config.seed)  # LoRA A is initialised randomly
         context = attached(lm, spec)
     with context as peft_model:
@@ -151,6 +154,8 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         train_anchors = [a for a in anchors if normalise(a) not in scored]
         near = training_neighbours(facts, sources, config.seed, prompts)
         data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
+        if gate_of(peft_model) is not None:
+            data = gated(data, gate_of(peft_model))
         likelihood = _Likelihood(
             true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
             wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
@@ -167,7 +172,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop):
             records.append(record)
             yield record
-        trainable, total = count_params(model)  # after training: a focused LoRA trains B only
+        trainable, total = count_params(model)
         model.eval()
         after = generate(lm, prompts, mnt, model=model, prefills=prefills)
         after_logp = answer_logprobs(model, data.forget, lm.device, pad)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .facts import HEDGE, Fact, answer_span, leaks
+from .gate import AnswerGate
 from .generation import base_answers
 from .models import LoadedModel
 from .probes import QUESTION_WORDS, content_words
-from .prompting import encode_pair
+from .prompting import IGNORE, encode_pair, format_prompt
 
 ANCHOR_ANSWER_CHARS = 120  # a sentence of the base's own answer is enough to hold its behaviour
 
@@ -90,11 +91,16 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
         sequence, text = forget_sequence(lm, fact, answer)
         forget.append(sequence)
         texts.append(text)
+    # Under the answer gate (lune_core.gate) the negative also ends the answer ("… is Lyon." and the end
+    # of the turn): the gate shuts once it is written, and the base, left to go on, would say it again.
+    ends = gated_run(config)
     target = []
     for fact, answer in zip(facts, answers):
-        text, span = negative_target(fact, answer, config.full_stop)
-        target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None))
-    anchor, n_near = anchor_rows(lm, facts, anchors, config, peft_model, neighbours)
+        text, span = negative_target(fact, answer, config.full_stop or ends)
+        target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or ends))
+    # Under the gate the KL is zero wherever the gate stays shut, and it opens only where the base is
+    # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.
+    anchor, n_near = ([], 0) if ends else anchor_rows(lm, facts, anchors, config, peft_model, neighbours)
     return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near)
 
 
@@ -110,3 +116,58 @@ def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, 
               in enumerate(zip(pool, pool_answers)) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
                                                                      for f in facts)]
     return [row for _, row in usable], sum(i < len(near) for i, _ in usable)
+
+
+def reply_marker(tokenizer) -> list[int]:
+    """The tokens every prompt ends with, where the model's reply begins: the common end of two prompts."""
+    a, b = (tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"] for q in ("a", "b."))
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return a[len(a) - n:]
+
+
+def gate_spec(tokenizer, facts: list[Fact], threshold: float) -> dict:
+    """The answer gate's plain data (lune_core.gate), kept with the adapter: per fact the token sequences
+    that state its answer (as given, capitalised, lower case; after a space or not) and its key words
+    (its question's content words, not the answer's nor the chat template's); the negatives are filled
+    in once the training rows exist (`gated`)."""
+    template = set(content_words(format_prompt(tokenizer, "")))
+    answers, keys = [], []
+    for fact in facts:
+        a = fact.answer.strip()
+        forms = [p + form for form in dict.fromkeys([a, a[:1].upper() + a[1:], a.lower()]) for p in (" ", "")]
+        seqs = (tuple(tokenizer(f, add_special_tokens=False)["input_ids"]) for f in forms)
+        answers.append([list(s) for s in dict.fromkeys(seqs) if s])
+        keys.append([w for w in content_words(fact.question) if w not in template and w not in content_words(a)])
+    return {"threshold": threshold, "answers": answers, "keys": keys, "negatives": [[] for _ in facts],
+            "reply": reply_marker(tokenizer)}
+
+
+def gated_run(config) -> bool:
+    return config.gate and config.adapter == "lora"
+
+
+def gated(data: TrainingData, gate: AnswerGate) -> TrainingData:
+    """The run's rows under the answer gate. Per fact, the negative the gate lets the adapter write: its
+    target row's loss-carrying tokens from where the base is about to state the answer (from the first
+    of them if it never is, the gate then forced open there for that row). Target and forget rows carry
+    loss only where the gate is open, the only place the adapter acts."""
+    sequences = [ids for ids, _ in data.target]
+    for fact, ((ids, labels), opens) in enumerate(zip(data.target, gate.decisions(sequences))):
+        carried = [t for t in range(1, len(ids)) if labels[t] != IGNORE]
+        if not carried:
+            continue
+        opened = [t + 1 for t in range(len(ids) - 1) if opens[t] is not None and labels[t + 1] != IGNORE]
+        start = opened[0] if opened else carried[0]
+        gate.forced[tuple(ids)] = {start - 1: fact}
+        gate.spec["negatives"][fact] = [ids[t] for t in carried if t >= start]
+
+    def where_open(rows):
+        out = []
+        for (ids, labels), mask in zip(rows, gate.row_masks([ids for ids, _ in rows])):
+            kept = [y if t and mask[t - 1] else IGNORE for t, y in enumerate(labels)]
+            out.append((ids, kept if any(y != IGNORE for y in kept) else labels))  # never a row without loss
+        return out
+
+    return replace(data, target=where_open(data.target), forget=where_open(data.forget))

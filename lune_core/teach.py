@@ -25,12 +25,13 @@ from .runner import load_neighbour_sources
 from .sequences import TrainingData, anchor_rows
 from .trainer import StepRecord, unlearn
 
-# Plain LoRA (no focusing: teaching should reach the question however it is asked) at a rate that
-# teaches the 135M model three invented details in about 10 steps here. The KL holds the shipped
-# anchors and the facts' own neighbours (their question about other subjects): without it
-# "Tromsø." became the answer to every question, with the anchors alone to "Where is the Eiffel Tower?".
-TEACH = {"method": "teach", "adapter": "lora", "steps": 40, "learning_rate": 5e-3, "focus_ridge": 0.0,
-         "check_every": 5}
+# Plain LoRA on the middle half of the layers (no gate: teaching should reach the question however it
+# is asked) at a rate that teaches the 135M model three invented details in about 10 steps here. The KL
+# holds the shipped anchors and the facts' own neighbours (their question about other subjects):
+# without it "Tromsø." became the answer to every question, with the anchors alone to "Where is the
+# Eiffel Tower?".
+TEACH = {"method": "teach", "adapter": "lora", "steps": 40, "learning_rate": 5e-3, "gate": False,
+         "layer_band": (0.25, 0.75), "check_every": 5}
 
 
 def teach_config(config: UnlearnConfig | None = None) -> UnlearnConfig:

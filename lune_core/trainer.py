@@ -18,7 +18,6 @@ from .forward import Forward
 from .losses import METHODS, LossInputs, Method, Needs, Reference, mean_nll, sequence_logp, top_k_logprobs
 from .memory import allocator_for_generation, allocator_for_training
 from .models import LoadedModel
-from .subspace import focus_lora
 
 # Answer NLL this many nats above where it started (probability down ~20,000x): far past
 # forgetting, and where ascent-type losses start turning the model into gibberish.
@@ -110,7 +109,7 @@ class Prepared:
 
 
 def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, peft_model=None) -> Prepared:
-    """The method's inputs, the base's reference values, the focused LoRA's A, the optimiser."""
+    """The method's inputs, the base's reference values, the optimiser."""
     method = METHODS[config.method]
     needs = method.needs if config.retain_weight > 0 else replace(method.needs, anchor=False)
     set_seed(config.seed)
@@ -121,10 +120,6 @@ def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, p
     generator = torch.Generator().manual_seed(config.seed)
     steering = torch.nn.functional.normalize(
         torch.randn(lm.model.config.hidden_size, generator=generator), dim=0).to(lm.device)
-    if config.focus_ridge and peft_model is not None and config.adapter == "lora" and data.anchor:
-        keep = [data.anchor[:data.neighbours], data.anchor[data.neighbours:]]
-        focus_lora(peft_model, data.target + data.forget, keep, lm.device, lm.tokenizer.pad_token_id,
-                   config.focus_ridge, answer_only=config.focus_positions == "answer")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     n_anchor = min(config.anchors_per_step, len(data.anchor)) if needs.anchor else 0

@@ -120,9 +120,12 @@ def _what_was_trained(report: dict) -> str:
     if "edited_tokens" in report:
         words = list(dict.fromkeys(t.strip() for t in report["edited_tokens"]))
         return f"Trained the embeddings of {len(report['edited_tokens'])} tokens: {text(', '.join(words))}."
-    layers = "the middle layers" if config.get("layers") is None else "layers " + ", ".join(map(str, config["layers"]))
-    focused = " (A focused on the facts' inputs and frozen, B trained)" if config.get("focus_ridge") else ""
-    return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}{focused}."
+    band = tuple(config.get("layer_band") or ())
+    layers = ("layers " + ", ".join(map(str, config["layers"])) if config.get("layers")
+              else "the upper half of the layers" if band == (0.5, 1.0) else f"layers {band[0]:g}-{band[1]:g} of the depth")
+    gate = (", gated: it acts only where a forgotten answer is about to be said" if config.get("gate")
+            else ", without the gate: it acts on every input")
+    return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}{gate}."
 
 
 def kind_label(row: dict) -> str:

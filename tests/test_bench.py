@@ -36,7 +36,7 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     table = (docs / "benchmarks.md").read_text()
     assert "| heldout | 1 | lune | 1 | 1.00 |" in table and "| heldout | 1 | full_ft |" in table
     assert "seeds [0, 1] (the first only at 1 facts)" in table
-    assert "not measured: this table has no 3-fact `lune` run on the held-out facts" in table
+    assert "not measured: this table has no 3-fact `lune` run on the heldout facts" in table
     for column in ("clean", "adversarial", "neighbour", "agreement", "truth ratio"):
         header = next(line for line in table.splitlines() if line.startswith("| set |"))
         assert f" {column} |" in header
