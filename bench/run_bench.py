@@ -26,8 +26,8 @@ from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
-METHODS = ["lune", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress", "grad_ascent", "npo", "simnpo",
-           "full_ft"]
+METHODS = ["lune", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress", "grad_ascent",
+           "npo", "simnpo", "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
            "neighbour_retention", "neighbour_agreement", "general_retention", "degenerate_rate",
@@ -49,8 +49,9 @@ FACT_SETS = {
     # Facts no session had run before the answer gate was built (sixteenth session): the shipped presets'
     # facts in no other set. Never tuned on, never read probe by probe; "heldout" above had been run by
     # several candidates before, so the gate's figures are quoted on both.
-    "fresh": [("capitals", 4), ("science_symbols", 2), ("authors", 3), ("capitals", 7), ("science_symbols", 5),
-              ("authors", 5), ("science_symbols", 8), ("authors", 7), ("science_symbols", 9), ("authors", 9)],
+    "fresh": [("capitals", 4), ("science_symbols", 2), ("authors", 3), ("capitals", 7),
+              ("science_symbols", 5), ("authors", 5), ("science_symbols", 8), ("authors", 7),
+              ("science_symbols", 9), ("authors", 9)],
 }
 FACT_PICKS = FACT_SETS["heldout"]
 UNTUNED = ("heldout", "fresh")  # the sets the targets are read on

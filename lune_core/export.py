@@ -74,7 +74,7 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         *loading_snippet(base_model, (report or {}).get("model") or {}, gated),
         "```",
         "",
-        *([f"The LoRA is **gated**: it acts only where the model, read without it, is about to state a",
+        *(["The LoRA is **gated**: it acts only where the model, read without it, is about to state a",
            f"forgotten answer (`{GATE_CODE}`, a copy of the gate it was trained with; torch and PEFT only).",
            "`PeftModel.from_pretrained` alone would apply it everywhere, which is not the model that was",
            f"measured. `{GATE_FILE}` holds the token ids of the forgotten answers, since the gate must",

@@ -122,7 +122,8 @@ def _what_was_trained(report: dict) -> str:
         return f"Trained the embeddings of {len(report['edited_tokens'])} tokens: {text(', '.join(words))}."
     band = tuple(config.get("layer_band") or ())
     layers = ("layers " + ", ".join(map(str, config["layers"])) if config.get("layers")
-              else "the upper half of the layers" if band == (0.5, 1.0) else f"layers {band[0]:g}-{band[1]:g} of the depth")
+              else "the upper half of the layers" if band == (0.5, 1.0)
+              else f"layers {band[0]:g}-{band[1]:g} of the depth")
     gate = (", gated: it acts only where a forgotten answer is about to be said" if config.get("gate")
             else ", without the gate: it acts on every input")
     return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}{gate}."
