@@ -186,7 +186,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:
-    """'' -> None (the default middle band); '8-12' or '3, 5, 7' -> explicit indices."""
+    """'' -> None (the default band); '8-12' or '3, 5, 7' -> explicit indices."""
     text = str(text or "").strip()
     if not text:
         return None

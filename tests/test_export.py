@@ -132,3 +132,27 @@ def test_write_exports_gives_report_comparison_and_loss_history(tmp_path, traine
 def test_write_exports_without_adapter_skips_the_zip(tmp_path):
     files = write_exports(tmp_path, REPORT, None, "tiny-llama", STEPS)
     assert "adapter" not in files and files["report"].is_file()
+
+
+def test_a_gated_adapter_travels_with_its_gate_and_the_code_that_runs_it(tmp_path, trained):
+    """The zip of a gated LoRA holds the gate (answer_gate.json) and a copy of lune_core/gate.py that
+    needs torch and PEFT only; the card says how to put it on, and that the gate names the answers."""
+    import subprocess
+    import sys
+
+    _, _, adapter = trained
+    if adapter.spec["kind"] != "lora":
+        pytest.skip("only LoRA is gated")
+    gate = {"threshold": 0.2, "answers": [[[5, 6]]], "keys": [["street"]], "negatives": [[7, 8]], "reply": [9]}
+    gated = type(adapter)(dict(adapter.spec, gate=gate), adapter.weights, adapter.info)
+    folder = save_adapter(gated, tmp_path / "lune-adapter", "tiny-llama", REPORT)
+    assert json.loads((folder / "answer_gate.json").read_text()) == gate
+    assert "gate" not in json.loads((folder / "adapter_config.json").read_text())  # PEFT's own config stays PEFT's
+    card = (folder / "README.md").read_text()
+    assert "from answer_gate import install" in card and "token ids of the forgotten answers" in card
+    assert "Elm Street" not in card
+    alone = ("import sys; sys.path.insert(0, 'lune-adapter'); import answer_gate; "
+             "assert not any(m.startswith('lune') for m in sys.modules), sorted(sys.modules); "
+             "print(answer_gate.install)")
+    done = subprocess.run([sys.executable, "-c", alone], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "function install" in done.stdout, done.stderr[-1000:]

@@ -37,25 +37,31 @@ def test_all_three_facts_stop_leaking(report):
     assert all(r["leaked_before"] and not r["leaked_after"] for r in rows), rows
 
 
-def test_most_known_paraphrases_stop_leaking(report):
-    rows = [r for r in report["probes"] if r["kind"] == "paraphrase" and r["leaked_before"]]
-    assert sum(not r["leaked_after"] for r in rows) >= 2 / 3 * len(rows), rows
+def test_the_known_paraphrases_and_adversarial_forms_stop_leaking(report):
+    # The locality issue's bars for 3 facts nobody tuned on.
+    m = report["metrics"]
+    assert m["paraphrase_success"] >= 0.85 and m["adversarial_success"] >= 0.7, lost(report)
+    assert m["forget_clean"] == 1.0 and m["degenerate_rate"] <= m["degenerate_rate_before"] + 0.02
 
 
 def lost(report):
-    return [(r["prompt"], r["after"]) for r in report["probes"] if r["verdict"] in ("lost", "broken")]
+    return [(r["prompt"], r["after"]) for r in report["probes"] if r["verdict"] in ("lost", "broken", "still leaks")]
 
 
-def test_most_general_answers_the_model_got_right_stay_right(report):
-    # The locality issue's bar for 3 facts nobody tuned on.
-    assert report["metrics"]["general_retention"] >= 0.9, lost(report)
+def test_the_general_answers_the_model_got_right_stay_right(report):
+    assert report["metrics"]["general_retention"] >= 0.95, lost(report)
 
 
-def test_the_adapter_is_a_focused_lora_that_trains_b_only(report):
+def test_the_adapter_is_a_gated_lora_on_the_upper_half_of_the_layers(result, report):
     config = report["config"]
-    assert config["adapter"] == "lora" and config["focus_ridge"] > 0 and "edited_tokens" not in report
-    lora = report["model"]["num_layers"]  # every adapted projection trains B (out x r) only
-    assert 0 < report["metrics"]["trainable_params"] < lora * 7 * 1536 * config["lora_rank"]
+    assert config["adapter"] == "lora" and config["gate"] and "edited_tokens" not in report
+    spec = result.adapter.spec
+    assert spec["kind"] == "lora" and spec["layers_to_transform"] == list(range(15, 30))
+    # the gate knows each fact's answer and the negative it lets the adapter write
+    assert len(spec["gate"]["answers"]) == 3 and all(spec["gate"]["negatives"])
+    # A (8 x in) and B (out x 8) on q, o; k, v (3 key-value heads of 64); gate, up, down (SmolLM2: 576, MLP 1536)
+    per_layer = 8 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536))
+    assert report["metrics"]["trainable_params"] == result.adapter.num_params == 15 * per_layer
 
 
 def test_report_records_config_steps_and_cost(report):
@@ -66,10 +72,10 @@ def test_report_records_config_steps_and_cost(report):
     assert m["train_seconds"] > 0 and m["peak_memory_mb"] > 0
 
 
-def test_most_of_the_facts_neighbours_stay_right(report):
-    # The locality issue asks 0.85 here; the focused LoRA keeps 11 of these 13 (0.846, every seed of
-    # the benchmark), so this asserts what it reaches and the issue stays open on the rest.
-    assert report["metrics"]["neighbour_retention"] >= 0.8, lost(report)
+def test_the_facts_neighbours_stay_right(report):
+    # The locality issue's bar for 3 facts is 0.90: the same subject's other facts, the same question
+    # about other subjects, the question's words in another sense.
+    assert report["metrics"]["neighbour_retention"] >= 0.9, lost(report)
 
 
 def test_the_presets_curated_neighbours_and_the_adversarial_forms_are_scored(report):
