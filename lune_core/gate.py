@@ -19,6 +19,7 @@ so the adapter runs gated without this project. `install` puts the gate on a Pef
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -80,9 +81,11 @@ class AnswerGate:
             logits = self.model(input_ids=ids, attention_mask=attention).logits
         return torch.log_softmax(logits.float(), dim=-1)
 
-    def opening(self, prefixes: list[list[int]], logp: torch.Tensor) -> list[int | None]:
+    def opening(self, prefixes: list[list[int]], logp: torch.Tensor, ahead=None) -> list[int | None]:
         """For each prefix (the tokens up to and including t) with the base's next-token log-probs at t
-        (rows × vocabulary): the fact whose answer the model is about to state there, or None."""
+        (rows × vocabulary): the fact whose answer the model is about to state there, or None.
+        `ahead(pending)`: for (row, answer tokens) pairs, the base's log-probs at the positions that predict
+        the answer's tokens after its first (default: a pass over the row's prefix + the answer)."""
         first: dict[int, list[tuple[int, list[int]]]] = {}
         for fact, variants in enumerate(self.spec["answers"]):
             for v in variants:
@@ -102,16 +105,23 @@ class AnswerGate:
                     _keep_best(best, row, score, fact, score >= log_tau or says)
                 else:
                     pending.append((row, fact, v, score, says))
+        pairs = [(row, v) for row, _, v, _, _ in pending]
+        tails = ahead(pairs) if ahead else self._ahead([(prefixes[row], v) for row, v in pairs])
+        for (row, fact, v, score, says), tail in zip(pending, tails):
+            wanted = torch.tensor(v[1:], device=tail.device)
+            joint = score + float(tail.gather(-1, wanted[:, None]).sum())
+            says = says and bool((tail.argmax(-1) == wanted).all())
+            _keep_best(best, row, joint, fact, joint >= log_tau or says)
+        return [b[1] if b else None for b in best]
+
+    def _ahead(self, pending: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """The base's log-probs at the positions that predict v[1:] after each prefix + v[:-1]."""
+        tails = []
         for start in range(0, len(pending), MASK_BATCH):
             chunk = pending[start:start + MASK_BATCH]
-            ahead = self._base_logp([prefixes[row] + v[:-1] for row, _, v, _, _ in chunk])
-            for (row, fact, v, score, says), lp in zip(chunk, ahead):
-                tail = lp[-(len(v) - 1):]  # the positions that predict v[1:] (the padding is on the left)
-                wanted = torch.tensor(v[1:], device=tail.device)
-                joint = score + float(tail.gather(-1, wanted[:, None]).sum())
-                says = says and bool((tail.argmax(-1) == wanted).all())
-                _keep_best(best, row, joint, fact, joint >= log_tau or says)
-        return [b[1] if b else None for b in best]
+            logp = self._base_logp([prefix + v[:-1] for prefix, v in chunk])
+            tails += [lp[-(len(v) - 1):] for (_, v), lp in zip(chunk, logp)]  # the padding is on the left
+        return tails
 
     def _about(self, prefix: list[int], fact: int) -> bool:
         """Whether the text so far shares a word with the fact's question: a neighbour that names the
@@ -192,9 +202,29 @@ def gated_greedy(model, gate: AnswerGate, input_ids: torch.Tensor, attention_mas
 
     def run(ids, mask, cache):
         gate.mask = mask
-        out = model(input_ids=ids, attention_mask=attention_mask, position_ids=positions[:, -ids.shape[1]:],
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+        # Shut everywhere, the update is zero: the adapter's layers are skipped, the outputs the same.
+        with model.disable_adapter() if not mask.any() else nullcontext():
+            out = model(input_ids=ids, attention_mask=attention_mask, position_ids=positions[:, -ids.shape[1]:],
+                        past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], out.past_key_values
+
+    def ahead(shut: list[int]):
+        """Look-ahead through the cache: every row reads an answer's first tokens after its current
+        position, gate shut, and the cache is cut back; one pass per answer spelling."""
+        def read(pending: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
+            tails: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+            for v in dict.fromkeys(tuple(v) for _, v in pending):
+                k = len(v) - 1
+                ids = torch.tensor([list(v[:-1])] * len(seqs), device=input_ids.device)
+                attention = torch.cat([attention_mask, attention_mask.new_ones(len(seqs), k)], 1)
+                with model.disable_adapter():  # the gate shut at the positions read ahead
+                    out = model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True,
+                                position_ids=positions[:, -1:] + torch.arange(1, k + 1, device=input_ids.device))
+                cache.crop(-k)
+                logp = torch.log_softmax(out.logits.float(), -1)
+                tails.update({(row, v): logp[shut[row]] for row, w in pending if tuple(w) == v})
+            return [tails[(row, tuple(v))] for row, v in pending]
+        return read
 
     logits, cache = run(input_ids, torch.zeros(input_ids.shape, device=input_ids.device), None)
     last = input_ids[:, -1:]
@@ -203,7 +233,7 @@ def gated_greedy(model, gate: AnswerGate, input_ids: torch.Tensor, attention_mas
     for step in range(max_new_tokens):
         shut = [b for b in rows if states[b] is None and not done[b]]
         if shut:  # the base's view at this position: does it open the gate?
-            opens = gate.opening([seqs[b] for b in shut], torch.log_softmax(logits[shut].float(), -1))
+            opens = gate.opening([seqs[b] for b in shut], torch.log_softmax(logits[shut].float(), -1), ahead(shut))
             opened = [(b, fact) for b, fact in zip(shut, opens) if fact is not None]
             if opened:
                 for b, fact in opened:
