@@ -154,8 +154,9 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         train_anchors = [a for a in anchors if normalise(a) not in scored]
         near = training_neighbours(facts, sources, config.seed, prompts)
         data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
-        if gate_of(peft_model) is not None:
-            data = gated(data, gate_of(peft_model))
+        gate = gate_of(peft_model)
+        if gate is not None:
+            data = gated(data, gate)
         likelihood = _Likelihood(
             true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
             wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
