@@ -4,7 +4,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from .facts import HEDGE, Fact, answer_span, leaks
+from .facts import HEDGE, SENTENCE_PROMPT, Fact, answer_span, leaks
 from .gate import AnswerGate
 from .generation import base_answers
 from .models import LoadedModel
@@ -130,16 +130,17 @@ def reply_marker(tokenizer) -> list[int]:
 def gate_spec(tokenizer, facts: list[Fact], threshold: float) -> dict:
     """The answer gate's plain data (lune_core.gate), kept with the adapter: per fact the token sequences
     that state its answer (as given, capitalised, lower case; after a space or not) and its key words
-    (its question's content words, not the answer's nor the chat template's); the negatives are filled
-    in once the training rows exist (`gated`)."""
-    template = set(content_words(format_prompt(tokenizer, "")))
+    (its question's content words, not the answer's nor a template's: the chat template's, the typed
+    sentences' "Fill in the blank"); the negatives are filled in once the training rows exist (`gated`)."""
+    template = set(content_words(format_prompt(tokenizer, ""))) | set(content_words(SENTENCE_PROMPT))
     answers, keys = [], []
     for fact in facts:
         a = fact.answer.strip()
         forms = [p + form for form in dict.fromkeys([a, a[:1].upper() + a[1:], a.lower()]) for p in (" ", "")]
         seqs = (tuple(tokenizer(f, add_special_tokens=False)["input_ids"]) for f in forms)
         answers.append([list(s) for s in dict.fromkeys(seqs) if s])
-        keys.append([w for w in content_words(fact.question) if w not in template and w not in content_words(a)])
+        keys.append([w for w in content_words(fact.question) if w not in template and w not in content_words(a)
+                     and any(c.isalnum() for c in w)])  # not a typed sentence's blank, "___"
     return {"threshold": threshold, "answers": answers, "keys": keys, "negatives": [[] for _ in facts],
             "reply": reply_marker(tokenizer)}
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lune_core.adapters import adapter_spec, attached
-from lune_core.config import UnlearnConfig
-from lune_core.facts import Fact
+from lune_core.config import RunLimits, UnlearnConfig
+from lune_core.facts import Fact, parse_sentences
 from lune_core.gate import GATE_THRESHOLD, Open, gate_of
 from lune_core.generation import generate
 from lune_core.prompting import IGNORE, format_prompt
@@ -62,6 +62,8 @@ def test_the_spec_names_the_answers_spellings_the_questions_words_and_where_repl
     spec = gate_spec(lm.tokenizer, [Fact("Who wrote 'Hamlet'?", "Shakespeare")], GATE_THRESHOLD)
     assert [ids_of(lm, " Shakespeare"), ids_of(lm, "Shakespeare"), ids_of(lm, " shakespeare")] == spec["answers"][0][:3]
     assert spec["keys"] == [["wrote", "hamlet"]]  # not the answer's words, not the chat template's
+    typed = parse_sentences("The Eiffel Tower is in [Paris].", RunLimits())
+    assert gate_spec(lm.tokenizer, typed, GATE_THRESHOLD)["keys"] == [["eiffel", "tower"]]  # not "fill", "blank"
     prompt = ids_of(lm, format_prompt(lm.tokenizer, "Anything at all?"))
     assert spec["reply"] == reply_marker(lm.tokenizer) and prompt[-len(spec["reply"]):] == spec["reply"]
     assert lm.tokenizer.decode(spec["reply"]).strip().endswith("assistant")
