@@ -123,6 +123,7 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
         "known_paraphrase": sum(r["leaked_before"] for r in of("paraphrase")),
         "known_adversarial": sum(r["leaked_before"] for r in of("adversarial")),
         "known_neighbour": sum(r["correct_before"] and not r["degenerate_before"] for r in gold),
+        "known_general": sum(r["correct_before"] and not r["degenerate_before"] for r in general),
         "counted_agreement": len(auto),
     }
     metrics.update(likelihood or {})

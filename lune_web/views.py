@@ -23,21 +23,26 @@ VERDICTS = {  # word, symbol and colour: the colour is never the only signal
     "not known before": ("– not known before", "#e5e7eb"), "wrong before": ("– wrong before", "#e5e7eb"),
     "no answer before": ("– no answer before", "#e5e7eb"), "looping before": ("– looping before", "#e5e7eb"),
 }
-CARDS = [  # metric key, title, how to read it, format, the metric's value before (if any)
-    ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct", None),
-    ("forget_clean", "Forgotten cleanly", "no longer said, and the answer is not broken", "pct", None),
-    ("paraphrase_success", "Paraphrase success", "the fact's own rewordings no longer said", "pct", None),
+# metric key, title, how to read it, format, the metric's value before (if any), how many prompts it is over
+CARDS = [
+    ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct", None,
+     "known_forget"),
+    ("forget_clean", "Forgotten cleanly", "no longer said, and the answer is not broken", "pct", None,
+     "known_forget"),
+    ("paraphrase_success", "Paraphrase success", "the fact's own rewordings no longer said", "pct", None,
+     "known_paraphrase"),
     ("adversarial_success", "Adversarial success", "cloze, multiple choice, 'Sure, the answer is', hints",
-     "pct", None),
+     "pct", None, "known_adversarial"),
     ("neighbour_retention", "Neighbour retention", "the facts' neighbours still right: same subject, same "
-     "question about others, shared words", "pct", None),
+     "question about others, shared words", "pct", None, "known_neighbour"),
     ("neighbour_agreement", "Neighbour agreement", "automatic neighbours that still say what the base said",
-     "pct", None),
-    ("general_retention", "General retention", "unrelated known answers still right", "pct", None),
+     "pct", None, "counted_agreement"),
+    ("general_retention", "General retention", "unrelated known answers still right", "pct", None,
+     "known_general"),
     ("degenerate_rate", "Degenerate answers", "empty or looping answers after (lower is better)", "pct",
-     "degenerate_rate_before"),
+     "degenerate_rate_before", None),
     ("truth_ratio_after", "Truth ratio", "likelihood of wrong answers over the true one; above 1: the true "
-     "answer is no longer preferred", "num", "truth_ratio_before"),
+     "answer is no longer preferred", "num", "truth_ratio_before", None),
 ]
 KIND_ORDER = {kind: i for i, kind in enumerate(PROBE_KINDS)}  # the table's groups, in this order
 KIND_WORDS = {"same_subject": "same subject", "same_relation": "same question, other subject",
@@ -162,10 +167,15 @@ def cards_html(metrics: dict | None) -> str:
     def before(key, kind):
         return f" · before: {show(metrics[key], kind)}" if key and metrics.get(key) is not None else ""
 
+    def over(key):  # a share of one prompt reads differently from a share of fifty
+        n = metrics.get(key) if key else None
+        return "" if n is None else f" · of {n} prompt{'' if n == 1 else 's'}"
+
     metrics = metrics or {}
     cards = "".join(
         f"<div class='card'><div class='title'>{title}</div><div class='value'>{show(metrics.get(key), kind)}</div>"
-        f"<div class='hint'>{hint}{before(base, kind)}</div></div>" for key, title, hint, kind, base in CARDS)
+        f"<div class='hint'>{hint}{over(count)}{before(base, kind)}</div></div>"
+        for key, title, hint, kind, base, count in CARDS)
     return f"<div class='cards'>{cards}</div>"
 
 

@@ -16,6 +16,7 @@ from lune_web.jobs import HEARTBEAT, in_background, pack_adapter, unpack_adapter
 from lune_web.registry import ModelRegistry
 from lune_web.service import comparison_rows, cost_rows
 from lune_web.session import RunUpdate, Session
+from lune_web.views import cards_html
 from tests.tiny import tiny_model
 from tests.web import service, use_models
 
@@ -156,6 +157,14 @@ def test_a_run_streams_progress_then_stores_adapter_report_and_history(models):
     assert len(session.history) == 3 and session.running is False
     kinds = [row["kind"] for row in comparison_rows(session.report)]
     assert kinds.count("forget") == 2 and kinds.count("general") == 2 and "paraphrase" in kinds
+    # each card says how many prompts its share is over: 0 % of one prompt is not 0 % of fifty
+    metrics = session.report["metrics"]
+    assert 0 <= metrics["known_general"] <= 2 and metrics["known_forget"] <= 2
+    cards = {c.split("</div>")[0]: c for c in cards_html(metrics).split("<div class='card'><div class='title'>")[1:]}
+    for title, count in (("Forget success", "known_forget"), ("Adversarial success", "known_adversarial"),
+                         ("General retention", "known_general")):
+        n = metrics[count]
+        assert f" · of {n} prompt{'' if n == 1 else 's'}</div>" in cards[title]
     assert session.runs[-1]["run"] == 1 and session.runs[-1]["stopped"] == "all steps"
     assert models.calls == [("embedded", True)]
 
