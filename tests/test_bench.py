@@ -63,3 +63,19 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     assert run_bench.finished_run(saved, "lune", run_bench.fact_set(3), 0, 10, 16) is None  # other facts
     full_ft = tmp_path / "out" / "full_ft-heldout-1-0.json"
     assert run_bench.finished_run(full_ft, "full_ft", facts, 0, 10, 16) is not None
+
+
+def test_a_ratio_without_full_finetuning_beside_it_is_not_measured_not_missed():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import run_bench
+
+    summary = {k: {"mean": 0.5, "spread": 0.0} for k in run_bench.METRICS}
+    row = {"method": "lune", "set": "fresh", "facts": 10, "summary": summary}
+    lines = run_bench.target_lines([row])
+    assert any("10 facts (fresh set)" in line for line in lines)
+    assert "- seconds_per_step ratio to full FT <= 0.6: not measured (no full_ft row of this set and size)" in lines
+    assert "- forget_success >= 0.9: 0.5 — MISSED" in lines  # a measured miss stays a miss
+    row["vs_full_ft"] = {"seconds_per_step": 0.7, "peak_memory_mb": 0.3}
+    lines = run_bench.target_lines([row])
+    assert "- seconds_per_step ratio to full FT <= 0.6: 0.7 — MISSED" in lines
+    assert "- peak_memory_mb ratio to full FT <= 0.5: 0.3 — met" in lines
