@@ -93,9 +93,11 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
         return _share([not r["leaked_after"] and not (clean and r["degenerate_after"])
                        for r in group if r["leaked_before"]])
 
+    def known(r):  # a gold neighbour or general question the base answered right, without looping
+        return r["correct_before"] and not r["degenerate_before"]
+
     def kept(group):  # of the answers the base gave right and cleanly, those still right and clean
-        return _share([r["correct_after"] and not r["degenerate_after"] for r in group
-                       if r["correct_before"] and not r["degenerate_before"]])
+        return _share([r["correct_after"] and not r["degenerate_after"] for r in group if known(r)])
 
     general = of("general")
     gold = [r for r in of("neighbour") if "correct_before" in r]
@@ -122,8 +124,8 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
         "known_forget": sum(r["leaked_before"] for r in of("forget")),
         "known_paraphrase": sum(r["leaked_before"] for r in of("paraphrase")),
         "known_adversarial": sum(r["leaked_before"] for r in of("adversarial")),
-        "known_neighbour": sum(r["correct_before"] and not r["degenerate_before"] for r in gold),
-        "known_general": sum(r["correct_before"] and not r["degenerate_before"] for r in general),
+        "known_neighbour": sum(map(known, gold)),
+        "known_general": sum(map(known, general)),
         "counted_agreement": len(auto),
     }
     metrics.update(likelihood or {})

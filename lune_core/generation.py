@@ -27,6 +27,7 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
         for start in range(0, len(questions), batch_size):
             enc = encode_prompts(tok, questions[start:start + batch_size],
                                  prefills[start:start + batch_size]).to(lm.device)
+            width = enc["input_ids"].shape[1]
             out = model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
@@ -35,7 +36,6 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
                 # Greedy decoding must not inherit sampling settings from generation_config.
                 temperature=None, top_p=None, top_k=None,
             )
-            width = enc["input_ids"].shape[1]
             answers += [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
     return answers
 
