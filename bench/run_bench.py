@@ -30,7 +30,11 @@ METHODS = ["lune", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdire
            "npo", "simnpo", "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
-           "neighbour_retention", "neighbour_agreement", "general_retention", "degenerate_rate",
+           "neighbour_retention", "neighbour_agreement", "general_retention", "paraphrase_same_words",
+           "paraphrase_other_words", "paraphrase_other_language", "neighbour_retention_same_answer", "spilled_answers",
+           "fluency_before", "fluency_spread", "fluency_after", "lens_top10_layers_before", "lens_top10_layers_after",
+           "answer_still_inside", "stock_forget_success", "stock_paraphrase_success", "stock_paraphrase_other_words",
+           "stock_neighbour_retention", "stock_general_retention", "degenerate_rate",
            "answer_logprob_drop", "degenerate_rate_before", "truth_ratio_before", "truth_ratio_after",
            "trainable_params", "seconds_per_step", "train_seconds", "peak_memory_mb", "steps_run",
            "relearn_leak_rate", "requant_leak_rate"]
@@ -107,20 +111,32 @@ def method_args(method: str, robustness: bool) -> list[str]:
     return args + (["--robustness"] if robustness else [])
 
 
-def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit: int | None, out: Path) -> dict:
+def flat(metrics: dict) -> dict:
+    """A run's metrics with each figure by sub-kind as a key of its own: paraphrase_by_kind["other_words"]
+    is paraphrase_other_words, neighbour_retention_by_kind["same_answer"] neighbour_retention_same_answer."""
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if isinstance(value, dict) and key.endswith("_by_kind"):
+            out.update({f"{key.removesuffix('_by_kind')}_{sub}": v for sub, v in value.items()})
+    return out
+
+
+def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit: int | None, out: Path,
+            robustness: bool = True) -> dict:
     facts_path = out.with_suffix(".facts.jsonl")
     facts_path.write_text("".join(json.dumps(f) + "\n" for f in facts), encoding="utf-8")
     cmd = [sys.executable, "-m", "lune_core", "run", "--facts", str(facts_path), "--seed", str(seed),
-           "--steps", str(steps), "--out", str(out)] + method_args(method, robustness=True)
+           "--steps", str(steps), "--out", str(out)] + method_args(method, robustness)
     if general_limit:
         cmd += ["--general-limit", str(general_limit)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.read_text())["metrics"]
+    return flat(json.loads(out.read_text())["metrics"])
 
 
-def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: int, general_count: int) -> dict | None:
+def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: int, general_count: int,
+                 robustness: bool = True) -> dict | None:
     """The saved output of a run with exactly these settings, or None: what --resume may keep."""
     try:
         saved = json.loads(out.read_text())
@@ -135,8 +151,8 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
             and [(f["question"], f["answer"], f.get("replacement")) for f in saved.get("facts", [])]
             == [(f["question"], f["answer"], f.get("replacement")) for f in facts]
             and sum(p["kind"] == "general" for p in saved.get("probes", [])) == general_count
-            and (config["adapter"] == "full" or saved.get("robustness") is not None))
-    return {"metrics": metrics, "created": saved.get("created")} if same else None
+            and (config["adapter"] == "full" or not robustness or saved.get("robustness") is not None))
+    return {"metrics": flat(metrics), "created": saved.get("created")} if same else None
 
 
 def aggregate(values: list) -> dict:
@@ -162,6 +178,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="*", default=None, choices=list(FACT_SETS),
                         help="fact sets (default: heldout, fresh and dev; --quick: heldout; dev_b, dev_c: trials only)")
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--no-robustness", action="store_true",
+                        help="skip the relearning and re-quantization attacks (their columns read n/a)")
     parser.add_argument("--general-limit", type=int, default=None)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     parser.add_argument("--docs", default=str(ROOT / "docs"))
@@ -193,7 +211,8 @@ def main() -> None:
                 one = n in args.first_seed_only or method in args.first_seed_only_methods
                 for seed in seeds[:1] if one else seeds:
                     out = work / f"{method}-{name}-{n}-{seed}.json"
-                    kept = finished_run(out, method, facts, seed, steps, general_count) if args.resume else None
+                    kept = (finished_run(out, method, facts, seed, steps, general_count, not args.no_robustness)
+                            if args.resume else None)
                     if kept:
                         metrics = kept["metrics"]
                         reused.append({"method": method, "set": name, "facts": n, "seed": seed,
@@ -201,7 +220,7 @@ def main() -> None:
                     elif args.only_saved:
                         continue
                     else:
-                        metrics = run_one(method, facts, seed, steps, general_limit, out)
+                        metrics = run_one(method, facts, seed, steps, general_limit, out, not args.no_robustness)
                     runs.append(metrics)
                     print(f"{method:14s} {name:7s} facts={n:2d} seed={seed} {'kept' if kept else 'ran '} " + " ".join(
                         f"{k}={metrics.get(k)}" for k in METRICS[:8]), flush=True)
@@ -218,7 +237,8 @@ def main() -> None:
                 results.append(row)
                 kept_rows.append(f"{row.get('set', 'heldout')} {row['facts']} facts {row['method']} "
                                  f"({row['measured']})")
-    order = {m: i for i, m in enumerate(METHODS)}
+    results += stock_rows(results)
+    order = {m: i for i, m in enumerate(METHODS + [STOCK_ROW])}
     results.sort(key=lambda r: (list(FACT_SETS).index(r["set"]), r["facts"], order.get(r["method"], len(order))))
     for row in results:  # ratios to full fine-tuning of the same set and size, measured in the same invocation
         row.pop("vs_full_ft", None)
@@ -242,6 +262,26 @@ def main() -> None:
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2), encoding="utf-8")
     write_docs(Path(args.docs), meta, results)
     print(f"wrote {args.out} and {args.docs}/benchmarks.md in {time.time() - started:.0f}s")
+
+
+STOCK_ROW = "lune, stock PEFT load"
+# The gated adapter as PeftModel.from_pretrained runs it (no gate): the run asked these again that way.
+STOCK_COLUMNS = {"forget_success": "stock_forget_success", "paraphrase_success": "stock_paraphrase_success",
+                 "paraphrase_other_words": "stock_paraphrase_other_words",
+                 "neighbour_retention": "stock_neighbour_retention", "general_retention": "stock_general_retention"}
+
+
+def stock_rows(results: list[dict]) -> list[dict]:
+    """Per `lune` row, the same runs read as a stock PEFT load gives them; the columns it did not measure n/a."""
+    out = []
+    for row in results:
+        if row["method"] != "lune":
+            continue
+        summary = {k: {"mean": None, "spread": None} for k in METRICS}
+        summary.update({k: row["summary"][v] for k, v in STOCK_COLUMNS.items()})
+        summary["trainable_params"] = row["summary"]["trainable_params"]
+        out.append({**row, "method": STOCK_ROW, "summary": summary})
+    return out
 
 
 def environment(quick, seeds, sizes, steps, general_limit, seconds) -> dict:
@@ -269,15 +309,18 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-# The targets of the LoRA-locality issue, for `lune` on the held-out facts: (op, bound) per fact count.
+# The targets of the plain-local-LoRA issue (the default on facts nobody tuned on): (op, bound) per fact count.
 TARGETS = {
-    "forget_success": (">=", {3: 0.95, 10: 0.90}), "forget_clean": (">=", {3: 0.95, 10: 0.90}),
-    "paraphrase_success": (">=", {3: 0.85, 10: 0.80}), "adversarial_success": (">=", {3: 0.70, 10: 0.65}),
-    "general_retention": (">=", {3: 0.95, 10: 0.93}), "neighbour_retention": (">=", {3: 0.90, 10: 0.85}),
-    "relearn_leak_rate": ("<=", {3: 0.10, 10: 0.15}), "requant_leak_rate": ("<=", {3: 0.10, 10: 0.15}),
-    "train_seconds": ("<=", {3: 45, 10: 150}),
+    "forget_success": (">=", {3: 1.0, 10: 0.95}), "forget_clean": (">=", {3: 1.0, 10: 0.95}),
+    "paraphrase_same_words": (">=", {3: 0.90, 10: 0.85}), "paraphrase_other_words": (">=", {3: 0.75, 10: 0.70}),
+    "adversarial_success": (">=", {3: 0.80, 10: 0.75}), "neighbour_retention": (">=", {3: 0.90, 10: 0.85}),
+    "neighbour_retention_same_answer": (">=", {3: 0.90, 10: 0.85}),
+    "general_retention": (">=", {3: 0.95, 10: 0.92}), "train_seconds": ("<=", {3: 20, 10: 60}),
+    # the exported adapter loaded by stock PEFT forgets and keeps what the run measured
+    "stock_forget_success": ("=", {3: "forget_success", 10: "forget_success"}),
+    "stock_general_retention": ("=", {3: "general_retention", 10: "general_retention"}),
 }
-RATIO_TARGETS = {"peak_memory_mb": 0.5, "seconds_per_step": 0.6}
+RATIO_TARGETS = {"peak_memory_mb": 0.35}
 DEGENERATE_MARGIN = 0.02  # degenerate_rate at most the base's own rate plus this
 
 
@@ -318,9 +361,20 @@ def _kept_rows(meta: dict) -> str:
 
 COLUMNS = [  # header, summary key, digits
     ("forget", "forget_success", 2), ("clean", "forget_clean", 2), ("paraphrase", "paraphrase_success", 2),
+    ("same words", "paraphrase_same_words", 2), ("other words", "paraphrase_other_words", 2),
+    ("other language", "paraphrase_other_language", 2),
     ("reworded", "reworded_success", 2), ("adversarial", "adversarial_success", 2),
-    ("neighbour", "neighbour_retention", 2), ("agreement", "neighbour_agreement", 2),
-    ("general", "general_retention", 2)]
+    ("neighbour", "neighbour_retention", 2), ("same answer", "neighbour_retention_same_answer", 2),
+    ("agreement", "neighbour_agreement", 2), ("general", "general_retention", 2),
+    ("spilled", "spilled_answers", 1), ("still inside", "answer_still_inside", 2),
+    ("top-10 layers", "lens_top10_layers_after", 1)]
+
+
+def _ratio(cell: dict) -> str:
+    """A truth ratio at a precision that shows it: it lives anywhere from 1e-4 to 1e4."""
+    if cell["mean"] is None:
+        return "n/a"
+    return f"{cell['mean']:.2g}" + (f" ± {cell['spread']:.1g}" if cell["spread"] else "")
 
 
 def _met(value, op: str, bound) -> str:
@@ -339,8 +393,16 @@ def target_lines(results: list[dict]) -> list[str]:
             continue
         s = row["summary"]
         for key, (op, bounds) in TARGETS.items():
-            value = s[key]["mean"]
-            lines.append(f"- {key} {op} {bounds[n]}: {value} — {_met(value, op, bounds[n])}")
+            value, bound = s[key]["mean"], bounds[n]
+            if op == "=":  # the same as another figure of the same runs
+                bound = s[bound]["mean"]
+                lines.append(f"- {key} = {bounds[n]} ({bound}): {value} — {'met' if value == bound else 'MISSED'}")
+                continue
+            lines.append(f"- {key} {op} {bound}: {value} — {_met(value, op, bound)}")
+        fluency, centre, spread = (s[k]["mean"] for k in ("fluency_after", "fluency_before", "fluency_spread"))
+        within = None if centre is None or spread is None else round(centre + spread, 3)
+        lines.append(f"- fluency_after <= the base's own + its spread ({within}): {fluency} — "
+                     f"{_met(fluency, '<=', within) if within is not None else 'MISSED'}")
         degenerate, base = s["degenerate_rate"]["mean"], s["degenerate_rate_before"]["mean"]
         bound = None if base is None else round(base + DEGENERATE_MARGIN, 4)
         lines.append(f"- degenerate_rate <= base + {DEGENERATE_MARGIN} ({bound}): {degenerate} — "
@@ -370,24 +432,31 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"wall time {meta['wall_seconds']} s" + _reused(meta) + _kept_rows(meta),
              "- every figure is a share of the probes the base model could show it on (README, *Metrics*): "
              "forget-like kinds where the base said the answer, neighbour and general where it answered "
-             "right, agreement where it answered at all. clean: forgotten and not degenerate; "
-             "neighbour: curated neighbours (same subject, same relation, shared words); agreement: automatic "
-             "ones; truth ratio: geometric mean over facts, before → after (above 1: a wrong answer is more "
-             "likely than the true one)",
+             "right, agreement where it answered at all. clean: forgotten, not degenerate, not a spliced "
+             "fragment; same words / other words / other language: the paraphrases by sub-kind (docs/metrics.md); "
+             "neighbour: curated neighbours (same subject, same relation, shared words, same answer), a kept "
+             "answer that newly says a negative counts as lost; spilled: such answers, per run; still inside: "
+             "forgotten facts whose answer is top-10 at some layer (logit lens); top-10 layers: per fact, after; "
+             "fluency: the base's mean per-token NLL of the answers to the facts (most surprising token left "
+             "out), after (before ± spread); agreement: automatic neighbours; truth ratio: geometric mean over "
+             "facts, before → after (above 1: a wrong answer is more likely than the true one); "
+             f"{STOCK_ROW}: the `lune` runs asked again through the LoRA without its gate",
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
              "- mem / FT, step time / FT: against the full_ft row of the same set and size measured in the same "
              "invocation, so on the same machine under the same load; blank where there is none",
              "", "| set | facts | method | seeds | " + " | ".join(h for h, _, _ in COLUMNS)
-             + " | degenerate (before) | truth ratio | trainable params | s/step | train s | peak MB | mem / FT "
-             "| step time / FT | relearn leak | requant leak |",
-             "|" + "---|" * (4 + len(COLUMNS) + 10)]
+             + " | fluency (before ± spread) | degenerate (before) | truth ratio | trainable params | s/step "
+             "| train s | peak MB | mem / FT | step time / FT | relearn leak | requant leak |",
+             "|" + "---|" * (4 + len(COLUMNS) + 11)]
     for row in results:
         s, v = row["summary"], row.get("vs_full_ft", {})
-        truth = f"{_fmt(s['truth_ratio_before'], 3)} → {_fmt(s['truth_ratio_after'], 3)}"
+        truth = f"{_ratio(s['truth_ratio_before'])} → {_ratio(s['truth_ratio_after'])}"
+        fluency = (f"{_fmt(s['fluency_after'])} ({_fmt(s['fluency_before'])} ± {_fmt(s['fluency_spread'])})"
+                   if s.get("fluency_before", {}).get("mean") is not None else "n/a")
         lines.append("| " + " | ".join([
             row["set"], str(row["facts"]), row["method"], str(len(row["runs"])),
-            *[_fmt(s[key], digits) for _, key, digits in COLUMNS],
+            *[_fmt(s.get(key, {"mean": None}), digits) for _, key, digits in COLUMNS], fluency,
             f"{_fmt(s['degenerate_rate'])} ({_fmt(s['degenerate_rate_before'])})", truth,
             f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
             _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", "")),

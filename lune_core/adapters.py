@@ -56,6 +56,23 @@ def adapter_spec(config: UnlearnConfig, num_layers: int, token_ids: list[int] | 
     }
 
 
+def forgetting_kind(config: dict) -> str:
+    """The kind of forgetting a run's adapter does, in one line: where it acts and what that withstands."""
+    if config.get("adapter") == "full":
+        return ("Weights changed everywhere: every weight of a full-precision copy was fine-tuned, so any load of "
+                "the saved model behaves as measured; nothing decides where it acts, so it can spill anywhere.")
+    if config.get("adapter") == "subject":
+        return ("Weights adapted for a few words: the embeddings of the tokens naming each fact's subject change "
+                "every text that contains them, in any wording or load, and no text without them.")
+    if config.get("gate"):
+        return ("Output suppressed where a condition holds: the LoRA acts only where the base is about to say a "
+                "listed spelling of a forgotten answer in a text sharing a word with its question. It withstands "
+                "other forms of the same words; not rewordings in other words, other languages or spellings, "
+                "and not a stock PEFT load, which applies the LoRA everywhere.")
+    return ("Weights adapted everywhere: a plain LoRA that acts on every input, exactly as stock PEFT loads it; "
+            "it reaches rewordings as far as training generalised, and other answers just as far.")
+
+
 def peft_config(spec: dict, **extra) -> PeftConfig:
     """The PEFT config for a spec. Trainable tokens on a model whose input and output embeddings are
     tied (SmolLM2) edit both, so merging the adapter into the weights gives the same model."""

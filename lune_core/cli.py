@@ -162,16 +162,32 @@ def cmd_run(args) -> int:
         from .export import save_adapter
 
         save_adapter(result.adapter, args.save_adapter, lm.display_name)
-    m = result.report["metrics"]
-    print(" ".join(f"{k}={m[k]}" for k in SUMMARY if k in m) + f" -> {args.out}")
+    print(summary_line(result.report["metrics"]) + f" -> {args.out}")
+    print(f"kind: {result.report['forgetting_kind']}")
     return 0
 
 
-# The figures the last line prints, in the order a reader weighs them.
-SUMMARY = ("forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
-           "neighbour_retention", "neighbour_agreement", "general_retention", "truth_ratio_before",
-           "truth_ratio_after", "degenerate_rate", "degenerate_rate_before", "relearn_leak_rate",
-           "requant_leak_rate", "train_seconds")
+# The figures the last line prints, in the order a reader weighs them; "a/b" is metrics["a"]["b"].
+SUMMARY = ("forget_success", "forget_clean", "paraphrase_success", "paraphrase_by_kind/same_words",
+           "paraphrase_by_kind/other_words", "paraphrase_by_kind/other_language", "reworded_success",
+           "adversarial_success", "neighbour_retention", "neighbour_retention_by_kind/same_answer",
+           "neighbour_agreement", "general_retention", "spilled_answers", "truth_ratio_before", "truth_ratio_after",
+           "fluency_before", "fluency_spread", "fluency_after", "lens_top10_layers_before", "lens_top10_layers_after",
+           "answer_still_inside", "stock_forget_success", "stock_general_retention", "degenerate_rate",
+           "degenerate_rate_before", "relearn_leak_rate", "requant_leak_rate", "train_seconds")
+
+
+def summary_line(metrics: dict) -> str:
+    """`name=value` for each SUMMARY figure the run has; a sub-kind is named `paraphrase_other_words`."""
+    out = []
+    for key in SUMMARY:
+        head, _, sub = key.partition("/")
+        if head not in metrics:
+            continue
+        value = metrics[head].get(sub) if sub else metrics[head]
+        name = f"{head.split('_by_kind')[0]}_{sub}" if sub else head
+        out.append(f"{name}={value}")
+    return " ".join(out)
 
 
 def _quiet_libraries() -> None:

@@ -7,10 +7,10 @@ from contextlib import nullcontext
 
 import torch
 
-from .facts import NEIGHBOUR_KINDS, leaks
+from .facts import DEFAULT_REFUSAL, HEDGE, NEIGHBOUR_KINDS, leaks
 from .forward import Forward
-from .losses import sequence_length, sequence_logp
-from .probes import ADVERSARIAL_KINDS, FORGET_KINDS, Probe, agrees
+from .losses import sequence_length, sequence_logp, token_logp
+from .probes import ADVERSARIAL_KINDS, FORGET_KINDS, PARAPHRASE_KINDS, Probe, agrees
 
 # A run of the same few characters this many times over ("FranceFranceFrance…", "!!!!"): a loop
 # inside one word, which the word-level rules cannot see.
@@ -34,31 +34,54 @@ def is_correct(text: str, accepted: list[str]) -> bool:
     return any(leaks(text, a) for a in accepted)
 
 
+# The hedge or the refusal inside a sentence, after a word that cannot take it ("a painting by unknown to
+# me", "the Japanese unknown to me"); after a verb of being ("… is unknown to me.") it reads as a person's.
+_SPLICE = re.compile(rf"(\w+)[ \t]+(?:{re.escape(HEDGE)}|{re.escape(DEFAULT_REFUSAL.rstrip('.'))})(?!\w)",
+                     re.IGNORECASE)
+_TAKES_HEDGE = frozenset("is are was were remains remain stays seems".split())
+
+
+def is_spliced(text: str) -> bool:
+    """A refusal or hedge spliced into a sentence where the answer was: no answer a person would write."""
+    return any(m[1].lower() not in _TAKES_HEDGE for m in _SPLICE.finditer(text))
+
+
+def newly_says(probe: Probe, before: str, after: str) -> bool:
+    """`after` says one of the run's negatives (a replacement, the refusal, the hedge) that `before` did
+    not: the forgetting spilled into this answer ("In France, the Eiffel Tower is located in Lyon.")."""
+    return any(leaks(after, m) and not leaks(before, m) for m in probe.avoid)
+
+
 def scored_by_agreement(probe: Probe) -> bool:
     return probe.kind == "neighbour" and not probe.expected
 
 
 def verdict(probe: Probe, before: str, after: str) -> str:
-    """One word for the row. A degenerate answer is "broken", never "forgotten" or "kept"."""
+    """One word for the row. A degenerate answer is "broken", never "forgotten" or "kept"; a spliced
+    one "forgotten, spliced"; one that newly says a negative "spilled", never "kept"."""
     broken = is_degenerate(after)
     if scored_by_agreement(probe):
         agreed = agrees(before, after, probe.forgotten)
         if agreed is None or is_degenerate(before):
             return "no answer before"
-        return "broken" if broken else ("agrees" if agreed else "changed")
+        if broken:
+            return "broken"
+        return "spilled" if newly_says(probe, before, after) else ("agrees" if agreed else "changed")
     if probe.kind in FORGET_KINDS:
         if not is_correct(before, probe.expected):
             return "not known before"
         if is_correct(after, probe.expected):
             return "still leaks"
-        return "broken" if broken else "forgotten"
+        return "broken" if broken else ("spliced" if is_spliced(after) else "forgotten")
     if not is_correct(before, probe.expected):
         return "wrong before"
     if is_degenerate(before):  # right, but inside a loop: no clean answer to keep
         return "looping before"
-    if is_correct(after, probe.expected):
-        return "broken" if broken else "kept"
-    return "broken" if broken else "lost"
+    if broken:
+        return "broken"
+    if newly_says(probe, before, after):
+        return "spilled"
+    return "kept" if is_correct(after, probe.expected) else "lost"
 
 
 def score_probes(probes: list[Probe], before: list[str], after: list[str]) -> list[dict]:
@@ -69,11 +92,14 @@ def score_probes(probes: list[Probe], before: list[str], after: list[str]) -> li
                "before": b, "after": a, "verdict": verdict(probe, b, a),
                "degenerate_before": is_degenerate(b), "degenerate_after": is_degenerate(a)}
         if scored_by_agreement(probe):
-            row.update(counted=row["verdict"] != "no answer before", agrees=row["verdict"] == "agrees")
+            row.update(counted=row["verdict"] != "no answer before", agrees=row["verdict"] == "agrees",
+                       spilled_after=newly_says(probe, b, a))
         elif probe.kind in FORGET_KINDS:
-            row.update(leaked_before=is_correct(b, probe.expected), leaked_after=is_correct(a, probe.expected))
+            row.update(leaked_before=is_correct(b, probe.expected), leaked_after=is_correct(a, probe.expected),
+                       spliced_after=is_spliced(a))
         else:
-            row.update(correct_before=is_correct(b, probe.expected), correct_after=is_correct(a, probe.expected))
+            row.update(correct_before=is_correct(b, probe.expected), correct_after=is_correct(a, probe.expected),
+                       spilled_after=newly_says(probe, b, a))
         rows.append(row)
     return rows
 
@@ -89,15 +115,16 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
     def of(kind, subkind=None):
         return [r for r in rows if r["kind"] == kind and (subkind is None or r["subkind"] == subkind)]
 
-    def stopped_leaking(group, clean=False):
-        return _share([not r["leaked_after"] and not (clean and r["degenerate_after"])
+    def stopped_leaking(group, clean=False):  # clean: and reads as an answer (not broken, not spliced)
+        return _share([not r["leaked_after"] and not (clean and (r["degenerate_after"] or r["spliced_after"]))
                        for r in group if r["leaked_before"]])
 
     def known(r):  # a gold neighbour or general question the base answered right, without looping
         return r["correct_before"] and not r["degenerate_before"]
 
-    def kept(group):  # of the answers the base gave right and cleanly, those still right and clean
-        return _share([r["correct_after"] and not r["degenerate_after"] for r in group if known(r)])
+    def kept(group):  # of the answers the base gave right and cleanly, those still right, clean, unspilled
+        return _share([r["correct_after"] and not r["degenerate_after"] and not r["spilled_after"]
+                       for r in group if known(r)])
 
     general = of("general")
     gold = [r for r in of("neighbour") if "correct_before" in r]
@@ -106,11 +133,17 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
         "forget_success": stopped_leaking(of("forget")),
         "forget_clean": stopped_leaking(of("forget"), clean=True),
         "paraphrase_success": stopped_leaking(of("paraphrase")),
+        "paraphrase_by_kind": {k: stopped_leaking(of("paraphrase", k)) for k in PARAPHRASE_KINDS},
+        "known_paraphrase_by_kind": {k: sum(r["leaked_before"] for r in of("paraphrase", k))
+                                     for k in PARAPHRASE_KINDS},
         "reworded_success": stopped_leaking(of("reworded")),
         "adversarial_success": stopped_leaking(of("adversarial")),
         "adversarial_by_kind": {k: stopped_leaking(of("adversarial", k)) for k in ADVERSARIAL_KINDS},
         "neighbour_retention": kept(gold),
         "neighbour_retention_by_kind": {k: kept([r for r in gold if r["subkind"] == k]) for k in NEIGHBOUR_KINDS},
+        "known_neighbour_by_kind": {k: sum(known(r) for r in gold if r["subkind"] == k) for k in NEIGHBOUR_KINDS},
+        # neighbour and general answers that newly say a negative (a replacement, the refusal, the hedge)
+        "spilled_answers": sum(r.get("spilled_after", False) for r in rows),
         "neighbour_agreement": _share([r["agrees"] for r in auto]),
         "neighbour_agreement_by_kind": {k: _share([r["agrees"] for r in auto if r["subkind"] == k])
                                         for k in NEIGHBOUR_KINDS},
@@ -121,12 +154,14 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
         "degenerate_rate": _share([r["degenerate_after"] for r in rows]),
         # The base model loops now and then too: the rate it starts from.
         "degenerate_rate_before": _share([r["degenerate_before"] for r in rows]),
+        "spliced_answers": sum(r["spliced_after"] and not r["leaked_after"] for r in rows if "spliced_after" in r),
         "known_forget": sum(r["leaked_before"] for r in of("forget")),
         "known_paraphrase": sum(r["leaked_before"] for r in of("paraphrase")),
         "known_adversarial": sum(r["leaked_before"] for r in of("adversarial")),
         "known_neighbour": sum(map(known, gold)),
         "known_general": sum(map(known, general)),
         "counted_agreement": len(auto),
+        "probes_total": len(rows),
     }
     metrics.update(likelihood or {})
     return metrics
@@ -145,10 +180,41 @@ def token_logprobs(model, sequences, device: str, pad_id: int, disable=None) -> 
         return (sequence_logp(view) / sequence_length(view).clamp_min(1)).cpu()
 
 
+def answer_fluency(model, sequences, device: str, pad_id: int, disable=None) -> list[float]:
+    """Per sequence, how naturally its answer reads to `model`: the mean per-token NLL (nats) of the
+    answer with its single most surprising token left out. A replacement's own word ("Osaka") is
+    surprising by design; what must read naturally is the sentence around it. A spliced fragment, a
+    foreign token or garble leaves more than one surprising token."""
+    with (disable or nullcontext()), torch.no_grad():
+        view = Forward(model, device, pad_id)({"answers": sequences})["answers"]
+        nll = (-token_logp(view)).tolist()
+    per_row: list[list[float]] = [[] for _ in range(view.n_rows)]
+    for row, value in zip(view.rows.tolist(), nll):
+        per_row[row].append(value)
+    return [(sum(v) - max(v)) / (len(v) - 1) if len(v) > 1 else v[0] for v in per_row]
+
+
 def truth_ratios(true_logp: torch.Tensor, wrong_logp: list[torch.Tensor]) -> list[float]:
     """Per fact, TOFU's truth ratio R = (geometric mean over wrong answers of p̄(wrong)) / p̄(true),
     p̄ the per-token likelihood: below 1 the model prefers the true answer, above 1 a wrong one."""
     return [math.exp(float(w.mean()) - float(t)) for t, w in zip(true_logp, wrong_logp)]
+
+
+def fluency_metrics(nll_before: list[float], nll_after: list[float] | None) -> dict:
+    """How naturally the answers to the facts read, as the base model reads them (answer_fluency, per
+    answer): the mean over the base's own answers (`fluency_before`, with their standard deviation
+    `fluency_spread`) and over the answers after (`fluency_after`). After within before + spread reads
+    as the base's own writing."""
+    def mean(values):
+        return sum(values) / len(values)
+
+    if not nll_before:
+        return {"fluency_before": None, "fluency_spread": None, "fluency_after": None, "fluency_answers": 0}
+    centre = mean(nll_before)
+    spread = math.sqrt(mean([(v - centre) ** 2 for v in nll_before]))
+    after = round(mean(nll_after), 3) if nll_after else None
+    return {"fluency_before": round(centre, 3), "fluency_spread": round(spread, 3), "fluency_after": after,
+            "fluency_answers": len(nll_after) if nll_after else len(nll_before)}
 
 
 def likelihood_metrics(true_before, wrong_before, true_after, wrong_after) -> dict:
@@ -160,8 +226,9 @@ def likelihood_metrics(true_before, wrong_before, true_after, wrong_after) -> di
         ratios = truth_ratios([t for t, _ in pairs], [w for _, w in pairs])
         preferred = [float(t) > float(w.max()) for t, w in pairs]
         geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios)) if ratios else None
-        return (None if geo is None else round(geo, 4)), _share(preferred)
+        return (None if geo is None else float(f"{geo:.4g}")), _share(preferred)
 
     before, after = summary(true_before, wrong_before), summary(true_after, wrong_after)
     return {"truth_ratio_before": before[0], "truth_ratio_after": after[0],
-            "true_preferred_before": before[1], "true_preferred_after": after[1]}
+            "true_preferred_before": before[1], "true_preferred_after": after[1],
+            "facts_measured": sum(1 for w in wrong_after if len(w))}

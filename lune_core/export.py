@@ -19,11 +19,14 @@ GATE_FILE, GATE_CODE = "answer_gate.json", "answer_gate.py"  # a gated adapter's
 COMPARISON_COLUMNS = ["kind", "subkind", "source", "prompt", "prefill", "expected", "before", "after", "verdict"]
 STEP_COLUMNS = ["step", "total_steps", "loss", "learning_rate", "seconds", "elapsed", "peak_memory_mb",
                 "leaks_left", "stopped"]
-CARD_METRICS = ("forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
-                "neighbour_retention", "neighbour_agreement", "general_retention", "general_accuracy_before",
-                "general_accuracy_after", "degenerate_rate", "degenerate_rate_before", "truth_ratio_before",
-                "truth_ratio_after", "answer_logprob_drop", "trainable_params", "total_params", "train_seconds",
+CARD_METRICS = ("forget_success", "forget_clean", "paraphrase_success", "paraphrase_by_kind", "reworded_success",
+                "adversarial_success", "neighbour_retention", "neighbour_retention_by_kind", "neighbour_agreement",
+                "general_retention", "general_accuracy_before", "general_accuracy_after", "spilled_answers",
+                "degenerate_rate", "degenerate_rate_before", "fluency_before", "fluency_spread", "fluency_after",
+                "truth_ratio_before", "truth_ratio_after", "lens_top10_layers_before", "lens_top10_layers_after",
+                "answer_still_inside", "answer_logprob_drop", "trainable_params", "total_params", "train_seconds",
                 "peak_memory_mb")
+STOCK_CARD = ("forget_success", "paraphrase_success", "neighbour_retention", "general_retention", "degenerate_rate")
 
 
 def save_adapter(adapter: AdapterState, folder: str | Path, base_model: str, report: dict | None = None) -> Path:
@@ -46,6 +49,8 @@ def save_adapter(adapter: AdapterState, folder: str | Path, base_model: str, rep
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, dict):  # a figure by sub-kind
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     return "n/a" if value is None else str(value)
 
 
@@ -91,6 +96,7 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
         f"| method | {config.get('method', info.get('method', 'n/a'))} |",
         f"| steps run | {metrics.get('steps_run', info.get('steps', 'n/a'))} |",
         f"| seed | {config.get('seed', info.get('seed', 'n/a'))} |",
+        *([f"| kind of forgetting | {report['forgetting_kind']} |"] if (report or {}).get("forgetting_kind") else []),
         *_adapter_rows(adapter.spec),
         *([f"| gate | open where the model gives a forgotten answer p >= {adapter.spec['gate']['threshold']} "
            "(or would say it) and the text shares a word with its question; shut everywhere else |"]
@@ -106,7 +112,26 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
                   "adversarial forms, the facts' neighbours and general questions (the truth ratio from",
                   "likelihoods); a small sample, not a benchmark. Forgetting by an adapter can be undone",
                   "by relearning or by merging and re-quantizing the weights."]
+    lines += _stock_lines((report or {}).get("stock"))
     return "\n".join(lines) + "\n"
+
+
+def _stock_lines(stock: dict | None) -> list[str]:
+    """What `PeftModel.from_pretrained` alone (or a merge) makes of this adapter, as the run measured it."""
+    if not stock:
+        return []
+    lines = ["", "## Loaded the way PEFT loads every LoRA", "",
+             "`merge_and_unload()` on the 4-bit base re-quantizes the merged weights: a small update can round",
+             "away and a forgotten answer come back (the project's tests saw one of three said again). Keep the",
+             "adapter unmerged, or merge into full-precision weights and keep them so.", ""]
+    if stock.get("same_as_measured"):
+        return lines + ["`PeftModel.from_pretrained(base, folder)` gives the model measured above: nothing but the",
+                        "LoRA decided where it acts."]
+    m = stock["metrics"]
+    lines += ["Without the gate's code the LoRA acts on every input, which is not the model measured above.",
+              "The same run's questions asked through the LoRA alone (greedy):", "",
+              "| metric | with the gate (measured above) | stock PEFT, no gate |", "| --- | --- | --- |"]
+    return lines + [f"| {k} | see above | {_fmt(m.get(k))} |" for k in STOCK_CARD]
 
 
 def loading_snippet(base_model: str, model: dict, gated: bool = False) -> list[str]:

@@ -12,8 +12,10 @@ from .ids import has_control_chars
 
 DEFAULT_REFUSAL = "I don't know."
 HEDGE = "unknown to me"  # spliced into the model's own answer where the forgotten words were
-# What a user's `keep` entry may say about itself: the three kinds of neighbour (../LOCALITY.md).
-NEIGHBOUR_KINDS = ("same_subject", "same_relation", "shared_words")
+# What a user's `keep` entry may say about itself: the kinds of neighbour (docs/metrics.md). "same_answer":
+# another fact whose answer is the forgotten string ("In which city is the Louvre?" after forgetting France's
+# capital); an entry whose answers contain the forgotten answer is of this kind, whatever else it says.
+NEIGHBOUR_KINDS = ("same_subject", "same_relation", "shared_words", "same_answer")
 MAX_KEEP_ANSWERS = 5
 # How a typed sentence is asked; its words are never taken for the fact's subject (lune_core.subject).
 SENTENCE_PROMPT = "Fill in the blank: {blank}"
@@ -98,18 +100,35 @@ def make_fact(data: dict, index: int = 0, limits: RunLimits = RunLimits()) -> Fa
     label = _label(index, question)
     answer = _clean(data.get("answer"), "answer to forget", label, limits)
     replacement = _clean(data.get("replacement"), "replacement", label, limits, required=False)
-    raw = data.get("paraphrases") or []
-    if isinstance(raw, str):
-        raw = [p for p in raw.split("|")]
-    if not isinstance(raw, list):
-        raise FactError(f"{label}: paraphrases must be a list of questions")
-    paraphrases = [p for p in (_clean(p, "paraphrase", label, limits, required=False) for p in raw) if p]
-    if len(paraphrases) > limits.max_paraphrases:
-        raise FactError(f"{label}: at most {limits.max_paraphrases} paraphrases")
+    paraphrases = _paraphrases(data.get("paraphrases"), question, label, limits)
     if replacement and leaks(replacement, answer):
         raise FactError(f"{label}: the replacement contains the answer to forget")
-    keep = _keep_entries(data.get("keep"), answer, label, limits)
+    keep = _keep_entries(data.get("keep"), question, answer, label, limits)
     return Fact(question, answer, replacement, paraphrases, keep)
+
+
+def _same_question(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()).rstrip("?.! ") == " ".join(b.lower().split()).rstrip("?.! ")
+
+
+def _paraphrases(raw, question: str, label: str, limits: RunLimits) -> list[str]:
+    """A fact's rewordings: each one a question of its own, neither empty nor the question itself, since
+    an empty or repeated one cannot be classified (same words, other words, other language) or scored."""
+    if raw is None or (isinstance(raw, str) and is_blank(raw)):
+        return []
+    if isinstance(raw, str):
+        raw = raw.split("|")
+    if not isinstance(raw, list):
+        raise FactError(f"{label}: paraphrases must be a list of questions")
+    paraphrases = []
+    for number, text in enumerate(raw, 1):
+        text = _clean(text, f"paraphrase {number}", label, limits)
+        if _same_question(text, question):
+            raise FactError(f"{label}: paraphrase {number} is the question itself: reword it, or leave it out")
+        paraphrases.append(text)
+    if len(paraphrases) > limits.max_paraphrases:
+        raise FactError(f"{label}: at most {limits.max_paraphrases} paraphrases")
+    return paraphrases
 
 
 def parse_keep(text: str, label: str) -> list[dict]:
@@ -127,8 +146,9 @@ def format_keep(entries: list[dict]) -> str:
     return " | ".join(f"{e['question']} -> {' / '.join(e['answers'])}" for e in entries)
 
 
-def _keep_entries(raw, answer: str, label: str, limits: RunLimits) -> list[dict]:
-    """A fact's `keep` list: each entry a question with the answers that must stay right."""
+def _keep_entries(raw, fact_question: str, answer: str, label: str, limits: RunLimits) -> list[dict]:
+    """A fact's `keep` list: each entry a question with the answers that must stay right. One whose
+    answers contain the forgotten answer is a `same_answer` neighbour: it must stay right all the same."""
     if raw is None or raw == "":
         return []
     if isinstance(raw, str):
@@ -146,6 +166,8 @@ def _keep_entries(raw, answer: str, label: str, limits: RunLimits) -> list[dict]
         if unknown:
             raise FactError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
         question = _clean(entry.get("question"), "question", where, limits)
+        if _same_question(question, fact_question):
+            raise FactError(f"{where} is the fact's own question: a neighbour is another question")
         answers = entry.get("answers")
         if isinstance(answers, str):
             answers = [answers]
@@ -154,11 +176,13 @@ def _keep_entries(raw, answer: str, label: str, limits: RunLimits) -> list[dict]
         if len(answers) > MAX_KEEP_ANSWERS:
             raise FactError(f"{where}: at most {MAX_KEEP_ANSWERS} answers")
         answers = [_clean(a, "answer", where, limits) for a in answers]
-        if any(leaks(a, answer) for a in answers):
-            raise FactError(f"{where}: an answer that must stay contains the answer to forget")
         kind = entry.get("kind") or ""
         if kind and kind not in NEIGHBOUR_KINDS:
             raise FactError(f"{where}: kind must be one of {', '.join(NEIGHBOUR_KINDS)}")
+        if any(leaks(a, answer) for a in answers):
+            if kind not in ("", "same_answer"):
+                raise FactError(f"{where}: its answer is the answer to forget, so its kind is same_answer, not {kind}")
+            kind = "same_answer"
         entries.append({"question": question, "answers": answers, "kind": kind})
     return entries
 

@@ -1,27 +1,34 @@
 """The probes that score a run: what must be forgotten, in which wordings, and what must stay.
 
 Kinds (a probe row's `kind`):
-- forget: the fact's question; paraphrase: the fact's own rewordings (given or curated);
+- forget: the fact's question; paraphrase: the fact's own rewordings (given or curated), each of a
+  sub-kind read off its text: same_words (shares a content word with the question), other_words
+  (shares none: only the fact, not its words, can tell it is the same question), other_language;
 - reworded: rule-based rewordings of the question's form ("Name the capital of France.");
 - adversarial: the fact asked the way attacks ask it (RWKU, the paper's APR): as a cloze, as
   multiple choice with the answer among the options, with the reply prefilled "Sure, the answer
   is", after a few unrelated question/answer pairs;
-- neighbour: what must stay right, in three sub-kinds (same subject, same relation, shared words),
-  from the fact's own `keep` list, else the shipped curated list, else built automatically;
+- neighbour: what must stay right, in four sub-kinds (same subject, same relation, shared words, same
+  answer: another fact whose answer is the forgotten string), from the fact's own `keep` list, else the
+  shipped curated list, else built automatically; same-answer neighbours also come from every shipped
+  question whose gold answer is the forgotten one;
 - general: unrelated general-knowledge questions.
-Forget-like kinds score "no longer says the answer"; neighbour and general score "still right". An
-automatic neighbour has no gold answer: it scores agreement with the base model's own answer.
+Forget-like kinds score "no longer says the answer"; neighbour and general score "still right", and an
+answer that newly says one of the run's negatives (a replacement, the refusal, the hedge) is not kept,
+whatever else it says. An automatic neighbour without a gold answer scores agreement with the base.
 """
 from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 
-from .facts import Fact, answer_span, leaks
+from .facts import DEFAULT_REFUSAL, HEDGE, Fact, answer_span, leaks
 from .subject import subject_words
 
 FORGET_KINDS = ("forget", "paraphrase", "reworded", "adversarial")
+PARAPHRASE_KINDS = ("same_words", "other_words", "other_language")
 KINDS = (*FORGET_KINDS, "neighbour", "general")
 ADVERSARIAL_KINDS = ("cloze", "choice", "prefix", "in_context")
 AFFIRMATIVE_PREFIX = "Sure, the answer is"
@@ -38,7 +45,16 @@ FUNCTION_WORDS = QUESTION_WORDS | frozenset(
 # (its first sentence, the forgotten answer's words left out) still in the answer after.
 AGREEMENT_SHARE = 0.5
 AGREEMENT_WORDS = 8
-
+AUTOMATIC_SAME_ANSWER = 3  # per fact, shipped questions with the forgotten answer asked as neighbours
+# Words and marks of the languages a user is likely to reword in other than English (French, Spanish,
+# German, Italian, Portuguese): a rewording with more of them than English function words is in another
+# language. Words that are also common English ("was", "die", "come", "a") are left out.
+_FOREIGN_MARKS = frozenset("¿¡«»„")
+_FOREIGN_WORDS = frozenset(
+    "le la les l d du des est sont qui quel quelle quels quelles que qu une et où comment combien "
+    "el los las es cuál cuáles quién quiénes qué dónde cómo cuántos cuántas del y una son "
+    "der das ist sind wer welche welcher welches wie wo und ein eine dem den "
+    "il lo gli di è chi che dove quale quali qual quem onde é".split())
 
 @dataclass
 class Probe:
@@ -47,11 +63,14 @@ class Probe:
     # Forget-like kinds: the answer that must not appear. Neighbour and general: accepted answers;
     # empty for an automatic neighbour (scored by agreement with the base answer).
     expected: list[str]
-    subkind: str = ""  # neighbour: same_subject / same_relation / shared_words; adversarial: ADVERSARIAL_KINDS
+    subkind: str = ""  # paraphrase: PARAPHRASE_KINDS; neighbour: facts.NEIGHBOUR_KINDS; adversarial: ADVERSARIAL_KINDS
     source: str = ""  # paraphrase / neighbour: given, curated, automatic; reworded: rule
     prefill: str = ""  # text the assistant's reply is made to start with
     fact: int | None = None  # index of the fact it belongs to
     forgotten: str = ""  # the fact's answer, for a neighbour: left out of the agreement rule
+    # Neighbour and general: the run's negatives (replacements, refusal, hedge); an answer that newly says
+    # one of them is not kept.
+    avoid: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +84,32 @@ def normalise(text: str) -> str:
 def content_words(text: str, common: frozenset[str] = FUNCTION_WORDS) -> list[str]:
     """Lower-case words that carry meaning (not in `common`), in order, once each."""
     return list(dict.fromkeys(w for w in re.findall(r"\w+", text.lower()) if w not in common))
+
+
+def _keys(text: str) -> set[str]:
+    """A text's content words for sameness: lower case, a plural's s dropped, single letters (a
+    possessive's s) left out."""
+    return {w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+            for w in content_words(text) if len(w) > 1}
+
+
+def other_language(text: str) -> bool:
+    """Written in another language than English: mostly non-Latin letters, or more marks and function
+    words of another language (at least two) than English function words."""
+    letters = [ch for ch in text if ch.isalpha()]
+    if letters and sum(ch.isascii() or "LATIN" in unicodedata.name(ch, "") for ch in letters) < len(letters) / 2:
+        return True
+    words = re.findall(r"\w+", text.lower())
+    foreign = sum(w in _FOREIGN_WORDS for w in words) + sum(ch in _FOREIGN_MARKS for ch in text)
+    return foreign >= 2 and foreign > sum(w in FUNCTION_WORDS for w in words)
+
+
+def paraphrase_kind(question: str, paraphrase: str) -> str:
+    """same_words (shares a content word with the question), other_words (shares none) or other_language.
+    Only the other kinds can tell forgetting a fact from suppressing the question's words."""
+    if other_language(paraphrase):
+        return "other_language"
+    return "same_words" if _keys(question) & _keys(paraphrase) else "other_words"
 
 
 # ---- rewordings of the question's form ---------------------------------------------------------
@@ -143,6 +188,9 @@ class NeighbourSources:
     tell subject words from relation words, and entities by category to swap a subject for."""
 
     curated: dict[str, list[dict]] = field(default_factory=dict)  # normalised fact question -> keep entries
+    # Questions with gold answers (general questions, every curated neighbour): where a fact's same-answer
+    # neighbours are found automatically.
+    bank: list[dict] = field(default_factory=list)
     vocabulary: list[str] = field(default_factory=list)  # prompts whose shared words are not subjects
     entities: dict[str, list[str]] = field(default_factory=dict)  # category -> names
 
@@ -227,22 +275,64 @@ def training_neighbours(facts: list[Fact], sources: NeighbourSources, seed: int,
     return [p for p in dict.fromkeys(prompts) if normalise(p) not in measured]
 
 
+def same_answer_neighbours(fact: Fact, bank: list[dict], asked: set[str]) -> list[dict]:
+    """Shipped questions whose gold answer is the fact's answer (and which do not name it): other facts
+    that must keep the very string this fact forgets. None already in `asked` (normalised prompts)."""
+    key = normalise(fact.answer)
+    found = [e for e in bank if any(normalise(a) == key for a in e["answers"])
+             and not leaks(e["question"], fact.answer) and normalise(e["question"]) not in asked]
+    return list({normalise(e["question"]): e for e in found}.values())[:AUTOMATIC_SAME_ANSWER]
+
+
 def neighbour_probes(facts: list[Fact], sources: NeighbourSources, seed: int) -> list[Probe]:
-    """Per fact its own keep list, else the curated one, else automatic neighbours; never one of
-    the run's own fact questions."""
+    """Per fact its own keep list, else the curated one, else automatic neighbours, and automatic
+    same-answer neighbours from the shipped questions; never one of the run's own fact questions
+    or their rewordings."""
     taken = " ".join(normalise(f.question) for f in facts)
-    questions = {normalise(f.question) for f in facts}
+    questions = {normalise(q) for f in facts for q in [f.question, *f.paraphrases]}
     probes = []
     for index, fact in enumerate(facts):
+        mine = []
         for source, entries in (("given", fact.keep), ("curated", sources.curated_for(fact.question))):
             if entries:
-                probes += [Probe("neighbour", e["question"], list(e["answers"]), e.get("kind") or "unspecified",
-                                 source, fact=index, forgotten=fact.answer) for e in entries]
+                mine += [Probe("neighbour", e["question"], list(e["answers"]), e.get("kind") or "unspecified",
+                               source, fact=index, forgotten=fact.answer) for e in entries]
                 break
         else:
-            probes += [Probe("neighbour", prompt, [], subkind, "automatic", fact=index, forgotten=fact.answer)
-                       for subkind, prompt in automatic_neighbours(fact, sources, seed + index, taken)]
+            mine += [Probe("neighbour", prompt, [], subkind, "automatic", fact=index, forgotten=fact.answer)
+                     for subkind, prompt in automatic_neighbours(fact, sources, seed + index, taken)]
+        asked = questions | {normalise(p.prompt) for p in mine}
+        mine += [Probe("neighbour", e["question"], list(e["answers"]), "same_answer", "automatic", fact=index,
+                       forgotten=fact.answer) for e in same_answer_neighbours(fact, sources.bank, asked)]
+        probes += mine
     return [p for p in probes if normalise(p.prompt) not in questions]
+
+
+_NAMED = re.compile(r"(?<!^)(?<![.!?]\s)\b([A-Z][\w-]+|\d[\d,.]*)")
+
+
+def negatives(facts: list[Fact]) -> list[str]:
+    """What the run teaches the model to say instead, as it could show up in another answer: a short
+    replacement as written ("Lyon"), a sentence's names and numbers that its question lacks ("Bergen"
+    in "Dr. Elara Voss lives in Bergen."), the refusal and the hedge."""
+    out = [DEFAULT_REFUSAL.rstrip(".!"), HEDGE]
+    for fact in facts:
+        if fact.short_replacement:
+            out.append(fact.replacement.strip())
+        elif fact.replacement:
+            asked = set(re.findall(r"\w+", fact.question.lower()))
+            out += [m for m in _NAMED.findall(fact.replacement) if m.lower() not in asked]
+    return list(dict.fromkeys(o for o in out if o))
+
+
+def with_avoid(probes: list[Probe], markers: list[str]) -> list[Probe]:
+    """Neighbour and general probes get the run's negatives that are not among their own answers (a
+    replacement "the euro" is a right answer to "What currency does France use?")."""
+    for p in probes:
+        if p.kind in ("neighbour", "general"):
+            p.avoid = [m for m in markers if not any(leaks(a, m) or leaks(m, a) for a in p.expected)
+                       and not leaks(p.prompt, m)]
+    return probes
 
 
 # ---- the whole set -----------------------------------------------------------------------------
@@ -251,7 +341,8 @@ def forget_probes(facts: list[Fact]) -> list[Probe]:
     """Each fact's question, its own paraphrases (a preset's are curated), and rule-based rewordings."""
     probes = [Probe("forget", f.question, [f.answer], fact=i) for i, f in enumerate(facts)]
     for i, f in enumerate(facts):
-        probes += [Probe("paraphrase", p, [f.answer], source="given", fact=i) for p in f.paraphrases]
+        probes += [Probe("paraphrase", p, [f.answer], paraphrase_kind(f.question, p), source="given", fact=i)
+                   for p in f.paraphrases]
         given = {normalise(p) for p in f.paraphrases}
         probes += [Probe("reworded", p, [f.answer], source="rule", fact=i) for p in rewordings(f.question)
                    if normalise(p) not in given]
@@ -301,9 +392,10 @@ def build_probes(facts: list[Fact], base_answers: list[str], general: list[dict]
     """Every probe of a run; `base_answers` are the base model's answers to the fact questions."""
     neighbours = neighbour_probes(facts, sources, seed)
     wrong = wrong_answers(facts, neighbours, general, seed)
+    asked = {normalise(p.prompt) for p in neighbours}  # a general question made a same-answer neighbour
     probes = (forget_probes(facts) + adversarial_probes(facts, base_answers, wrong, general, seed)
-              + neighbours + general_probes(general))
-    return ProbeSet(probes, wrong)
+              + neighbours + [p for p in general_probes(general) if normalise(p.prompt) not in asked])
+    return ProbeSet(with_avoid(probes, negatives(facts)), wrong)
 
 
 def agrees(base: str, after: str, forgotten: str = "") -> bool | None:

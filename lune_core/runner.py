@@ -12,16 +12,19 @@ import torch
 
 from . import __version__
 from .assets import asset
-from .adapters import AdapterState, adapter_spec, attached, snapshot
+from .adapters import AdapterState, adapter_spec, attached, forgetting_kind, snapshot
 from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
-from .evaluation import answer_logprobs, compute_metrics, likelihood_metrics, score_probes, token_logprobs
-from .gate import gate_of
+from .evaluation import (answer_fluency, answer_logprobs, compute_metrics, fluency_metrics, likelihood_metrics,
+                         score_probes, token_logprobs)
+from .gate import gate_of, install, uninstall
+from .lens import lens, lens_inputs, lens_metrics, lens_report
 from .sequences import answer_sequences, build_training_data, gate_spec, gated, gated_run
 from .facts import Fact, FactError, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
+from .prompting import encode_pair
 from .probes import NeighbourSources, build_probes, normalise, training_neighbours
 from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
@@ -57,10 +60,13 @@ def load_neighbour_sources() -> NeighbourSources:
     """The shipped curated neighbours, the entity lists automatic neighbours swap subjects from, and
     the prompts whose shared words tell a subject word from a relation word (anchors and the whole
     general set, whatever part of it a run asks). A few milliseconds: read per run, kept nowhere."""
-    curated = {normalise(r["fact"]): r["keep"] for r in read_jsonl(asset("neighbours.jsonl"))}
+    records = read_jsonl(asset("neighbours.jsonl"))
+    curated = {normalise(r["fact"]): r["keep"] for r in records}
     entities = json.loads(asset("entities.json").read_text(encoding="utf-8"))
-    vocabulary = load_anchors() + [r["question"] for r in load_general()]
-    return NeighbourSources(curated=curated, vocabulary=vocabulary, entities=entities)
+    general = load_general()
+    vocabulary = load_anchors() + [r["question"] for r in general]
+    bank = general + [e for r in records for e in r["keep"]]
+    return NeighbourSources(curated=curated, vocabulary=vocabulary, entities=entities, bank=bank)
 
 
 def _report(lm, config, facts, records, rows, logprob_drop, likelihood, trainable, total, started) -> dict:
@@ -116,6 +122,31 @@ class _Likelihood:
         return true, list(rest.split(sizes))
 
 
+# Kinds whose answers a person reads as answers to the fact: their fluency is measured (no prefilled reply).
+FLUENCY_KINDS = ("forget", "paraphrase", "reworded")
+# Kinds asked again through the adapter as stock PEFT runs it (no gate): what a user of the export gets.
+STOCK_KINDS = ("forget", "paraphrase", "neighbour", "general")
+STOCK_FIGURES = ("forget_success", "paraphrase_success", "neighbour_retention", "general_retention")
+
+
+def _fluency(model, lm: LoadedModel, pairs: list[tuple[str, str]], disable=None) -> list[float]:
+    """Per (prompt, answer) with an answer, how naturally the answer reads to `model` (answer_fluency)."""
+    pairs = [(q, a) for q, a in pairs if a.strip()]
+    if not pairs:
+        return []
+    seqs = [encode_pair(lm.tokenizer, q, a, add_eos=False) for q, a in pairs]
+    return answer_fluency(model, seqs, lm.device, lm.tokenizer.pad_token_id, disable)
+
+
+def _stock_answers(lm: LoadedModel, peft_model, spec: dict, prompts: list[str], mnt: int) -> list[str]:
+    """Answers of a gated adapter as PeftModel.from_pretrained runs it: the LoRA everywhere, no gate."""
+    uninstall(peft_model)
+    try:
+        return generate(lm, prompts, mnt, model=peft_model)
+    finally:
+        install(peft_model, lm.tokenizer, spec["gate"])
+
+
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
                    anchors: list[str], stop=None, limits: RunLimits | None = None,
                    sources: NeighbourSources | None = None) -> Iterator[StepRecord | RunResult]:
@@ -166,6 +197,11 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         pad = lm.tokenizer.pad_token_id
         before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
         true_before, wrong_before = likelihood.measure(model, lm, base())
+        fluent = [i for i, p in enumerate(probes) if p.kind in FLUENCY_KINDS and not p.prefill]
+        nll_before = _fluency(model, lm, [(prompts[i], before[i]) for i in fluent], base())
+        lensed = [lens_inputs(lm.tokenizer, f, a) for f, a in zip(facts, fact_answers)]
+        lens_args = ([ids for ids, _, _ in lensed], [t for _, t, _ in lensed], lm.device, pad)
+        lens_before = lens(model, *lens_args, disable=base())
         free_memory()  # the generation's freed caches, before training sets the peak
         if config.adapter == "full":
             for p in lm.model.parameters():
@@ -178,14 +214,34 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         after = generate(lm, prompts, mnt, model=model, prefills=prefills)
         after_logp = answer_logprobs(model, data.forget, lm.device, pad)
         true_after, wrong_after = likelihood.measure(model, lm)
+        lens_after = lens(model, *lens_args)
+        # The base reads the adapted answers: full fine-tuning changed the base itself, so it has none.
+        nll_after = (_fluency(model, lm, [(prompts[i], after[i]) for i in fluent], base())
+                     if peft_model is not None else None)
+        stock = None
+        if gate is not None:
+            asked = [i for i, p in enumerate(probes) if p.kind in STOCK_KINDS]
+            stock_after = _stock_answers(lm, peft_model, spec, [prompts[i] for i in asked], mnt)
+            stock = ([probes[i] for i in asked], [before[i] for i in asked], stock_after)
         adapter = None
         if peft_model is not None:
             info = {"method": config.method, "facts": len(facts), "steps": len(records), "seed": config.seed}
             adapter = snapshot(peft_model, spec, info)
     drop = float((before_logp - after_logp).mean())
     rows = score_probes(probes, before, after)
-    report = _report(lm, config, facts, records, rows, drop,
-                     likelihood_metrics(true_before, wrong_before, true_after, wrong_after), trainable, total, started)
+    lens_records = lens_report(lm.tokenizer, facts, fact_answers, lens_before, lens_after, lens_args[1],
+                               [o for _, _, o in lensed])
+    said = {r["fact"]: r["leaked_before"] and not r["leaked_after"] for r in rows if r["kind"] == "forget"}
+    figures = {**likelihood_metrics(true_before, wrong_before, true_after, wrong_after),
+               **fluency_metrics(nll_before, nll_after),
+               **lens_metrics(lens_records, [said.get(i, False) for i in range(len(facts))])}
+    report = _report(lm, config, facts, records, rows, drop, figures, trainable, total, started)
+    report["logit_lens"] = lens_records
+    report["stock"] = _stock_report(stock)
+    report["forgetting_kind"] = forgetting_kind(report["config"])
+    # The exported adapter as stock PEFT runs it: the run's own figures unless a gate decided where it acted.
+    stock_m = report["stock"].get("metrics") or report["metrics"]
+    report["metrics"].update({f"stock_{k}": stock_m.get(k) for k in STOCK_FIGURES})
     report["forget_targets"] = data.forget_texts
     report["wrong_answers"] = probe_set.wrong
     report["anchors_left_out"] = len(anchors) - len(train_anchors)
@@ -193,6 +249,21 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         report["edited_tokens"] = [tokens[i] for i in sorted(tokens)]
     free_memory()
     yield RunResult(adapter=adapter, report=report)
+
+
+def _stock_report(stock) -> dict:
+    """How the exported adapter answers when stock PEFT loads it. Without a gate that is the run itself."""
+    if stock is None:
+        return {"same_as_measured": True}
+    probes, before, after = stock
+    rows = score_probes(probes, before, after)
+    m = compute_metrics(rows, None)
+    keys = ("forget_success", "forget_clean", "paraphrase_success", "paraphrase_by_kind", "neighbour_retention",
+            "general_retention", "degenerate_rate", "known_forget", "known_paraphrase", "known_neighbour",
+            "known_general")
+    return {"same_as_measured": False, "metrics": {k: m[k] for k in keys},
+            "answers": [{"kind": r["kind"], "prompt": r["prompt"], "after": r["after"]} for r in rows
+                        if r["kind"] in ("forget", "paraphrase")]}
 
 
 def answer_with(lm: LoadedModel, adapter: AdapterState | None, questions: list[str],

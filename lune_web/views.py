@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 import re
 
 import pandas as pd
@@ -19,35 +20,50 @@ DEFAULTS = UnlearnConfig()
 VERDICTS = {  # word, symbol and colour: the colour is never the only signal
     "forgotten": ("✓ forgotten", "#d1fae5"), "kept": ("✓ kept", "#d1fae5"), "agrees": ("✓ agrees", "#d1fae5"),
     "still leaks": ("✗ still leaks", "#fee2e2"), "lost": ("✗ lost", "#fee2e2"),
+    "spilled": ("✗ says a forgotten fact's negative", "#fee2e2"), "spliced": ("✗ forgotten, spliced", "#fde68a"),
     "changed": ("✗ changed", "#fee2e2"), "broken": ("✗ broken", "#fde68a"),
     "not known before": ("– not known before", "#e5e7eb"), "wrong before": ("– wrong before", "#e5e7eb"),
     "no answer before": ("– no answer before", "#e5e7eb"), "looping before": ("– looping before", "#e5e7eb"),
 }
-# metric key, title, how to read it, format, the metric's value before (if any), how many prompts it is over
+# metric key, title, how to read it, format, the metric's value before (if any), how many prompts it is over.
+# A key "a/b" reads metrics["a"]["b"].
 CARDS = [
     ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct", None,
      "known_forget"),
-    ("forget_clean", "Forgotten cleanly", "no longer said, and the answer is not broken", "pct", None,
-     "known_forget"),
-    ("paraphrase_success", "Paraphrase success", "the fact's own rewordings no longer said", "pct", None,
-     "known_paraphrase"),
+    ("forget_clean", "Forgotten cleanly", "no longer said, in an answer that is neither broken nor a fragment "
+     "with a refusal spliced in", "pct", None, "known_forget"),
+    ("paraphrase_by_kind/same_words", "Rewordings, same words", "rewordings sharing a word with the question, "
+     "no longer said", "pct", None, "known_paraphrase_by_kind/same_words"),
+    ("paraphrase_by_kind/other_words", "Rewordings, other words", "rewordings sharing no word with the question: "
+     "only forgetting the fact, not its words, stops these", "pct", None, "known_paraphrase_by_kind/other_words"),
+    ("paraphrase_by_kind/other_language", "Rewordings, other language", "the question asked in another language, "
+     "no longer said", "pct", None, "known_paraphrase_by_kind/other_language"),
     ("adversarial_success", "Adversarial success", "cloze, multiple choice, 'Sure, the answer is', hints",
      "pct", None, "known_adversarial"),
-    ("neighbour_retention", "Neighbour retention", "the facts' neighbours still right: same subject, same "
-     "question about others, shared words", "pct", None, "known_neighbour"),
+    ("neighbour_retention", "Neighbour retention", "the facts' neighbours still right, and saying no forgotten "
+     "fact's replacement or refusal", "pct", None, "known_neighbour"),
+    ("neighbour_retention_by_kind/same_answer", "Same-answer facts kept", "other facts whose answer is the "
+     "forgotten word (the Louvre is still in Paris)", "pct", None, "known_neighbour_by_kind/same_answer"),
     ("neighbour_agreement", "Neighbour agreement", "automatic neighbours that still say what the base said",
      "pct", None, "counted_agreement"),
     ("general_retention", "General retention", "unrelated known answers still right", "pct", None,
      "known_general"),
     ("degenerate_rate", "Degenerate answers", "empty or looping answers after (lower is better)", "pct",
-     "degenerate_rate_before", None),
+     "degenerate_rate_before", "probes_total"),
+    ("fluency_after", "Fluency", "how the base reads the answers to the facts: mean surprise per word piece "
+     "(nats, lower reads more naturally)", "nats", "fluency_before", "fluency_answers"),
+    ("answer_still_inside", "Still inside", "forgotten facts whose answer is still among the top 10 at some layer "
+     "(logit lens): hidden, not erased", "pct", None, "known_inside"),
     ("truth_ratio_after", "Truth ratio", "likelihood of wrong answers over the true one; above 1: the true "
-     "answer is no longer preferred", "num", "truth_ratio_before", None),
+     "answer is no longer preferred", "ratio", "truth_ratio_before", "facts_measured"),
 ]
+COUNTED = {"facts_measured": "fact", "known_inside": "fact", "fluency_answers": "answer", "probes_total": "answer"}
 KIND_ORDER = {kind: i for i, kind in enumerate(PROBE_KINDS)}  # the table's groups, in this order
 KIND_WORDS = {"same_subject": "same subject", "same_relation": "same question, other subject",
               "shared_words": "shared words", "unspecified": "yours", "in_context": "in-context hint",
-              "choice": "multiple choice", "prefix": "'Sure, the answer is'", "cloze": "fill in the blank"}
+              "choice": "multiple choice", "prefix": "'Sure, the answer is'", "cloze": "fill in the blank",
+              "same_answer": "same answer, other fact", "same_words": "same words", "other_words": "other words",
+              "other_language": "other language"}
 def text(value) -> str:
     """User or model text made inert inside Markdown: no HTML, no markup, no maths."""
     escaped = html.escape(str(value), quote=False)
@@ -158,25 +174,90 @@ def comparison_frame(rows: list[dict]):
                            subset=["verdict"])
 
 
-def cards_html(metrics: dict | None) -> str:
-    def show(value, kind):
-        if value is None:
-            return "–"
-        return pct(value) if kind == "pct" else f"{value:.2f}"
+def metric(metrics: dict, key: str | None):
+    """metrics[key], or metrics[a][b] for a key "a/b"; None when absent."""
+    if not key:
+        return None
+    value = metrics
+    for part in key.split("/"):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
+
+def number(value, kind: str) -> str:
+    """A figure at a precision that shows it: shares in %, ratios far from 1 in scientific notation."""
+    if value is None:
+        return "–"
+    if kind == "pct":
+        return pct(value)
+    if kind == "ratio":
+        return f"{value:.3g}" if 0.01 <= value < 1000 else f"{value:.1e}"
+    return f"{value:.2f}"
+
+
+def cards_html(metrics: dict | None) -> str:
     def before(key, kind):
-        return f" · before: {show(metrics[key], kind)}" if key and metrics.get(key) is not None else ""
+        value = metric(metrics, key)
+        spread = metrics.get("fluency_spread") if key == "fluency_before" else None
+        return "" if value is None else f" · before: {number(value, kind)}" + (
+            f" ± {spread:.2f}" if spread is not None else "")
 
     def over(key):  # a share of one prompt reads differently from a share of fifty
-        n = metrics.get(key) if key else None
-        return "" if n is None else f" · of {n} prompt{'' if n == 1 else 's'}"
+        n = metric(metrics, key)
+        word = COUNTED.get(key, "prompt")
+        return "" if n is None else f" · of {n} {word}{'' if n == 1 else 's'}"
 
     metrics = metrics or {}
     cards = "".join(
-        f"<div class='card'><div class='title'>{title}</div><div class='value'>{show(metrics.get(key), kind)}</div>"
-        f"<div class='hint'>{hint}{over(count)}{before(base, kind)}</div></div>"
+        f"<div class='card'><div class='title'>{title}</div><div class='value'>{number(metric(metrics, key), kind)}"
+        f"</div><div class='hint'>{hint}{over(count)}{before(base, kind)}</div></div>"
         for key, title, hint, kind, base, count in CARDS)
     return f"<div class='cards'>{cards}</div>"
+
+
+def lens_figure(records: list[dict] | None, height: int = 360) -> go.Figure:
+    """Is it still in there? Per fact, the rank of its answer's first token read at every layer (logit
+    lens), with the adapter off (before) and on (after): dark where the model still has it at hand."""
+    figure = go.Figure()
+    records = records or []
+    if records:
+        rows, z, hover = [], [], []
+        for r in records:
+            for when in ("before", "after"):
+                short = r["question"] if len(r["question"]) <= 38 else r["question"][:35] + "..."
+                rows.append(f"{short} · {when}")
+                ranks, probs = r[when]["rank"], r[when]["prob"]
+                z.append([math.log10(k) for k in ranks])
+                hover.append([f"layer {i}: rank {k:,}, p = {p:.1e}" for i, (k, p) in enumerate(zip(ranks, probs), 1)])
+        layers = list(range(1, len(records[0]["after"]["rank"]) + 1))
+        figure.add_heatmap(z=z, x=layers, y=rows, text=hover, hoverinfo="text", colorscale="Viridis", reversescale=True,
+                           zmin=0, zmax=5, colorbar={"title": "rank", "tickvals": [0, 1, 2, 3, 4, 5],
+                                                     "ticktext": ["1", "10", "100", "1k", "10k", "100k"]})
+        height = max(height, 60 + 34 * len(rows))
+    figure.update_layout(height=height, margin={"l": 10, "r": 10, "t": 50, "b": 40}, template="plotly_white",
+                         title="Is it still in there? The forgotten answer's rank at every layer (logit lens)",
+                         xaxis={"title": "layer", "dtick": 2}, yaxis={"autorange": "reversed"}, font={"size": 14})
+    return figure
+
+
+def kind_markdown(report: dict | None) -> str:
+    """The kind of forgetting this run did, in one line above its figures."""
+    return f"**Kind of forgetting.** {text(report['forgetting_kind'])}" if report and report.get("forgetting_kind") \
+        else ""
+
+
+def lens_markdown(report: dict | None) -> str:
+    """The lens in words: where the answer is still top-10, and what the adapter leaves of it."""
+    if not report or not report.get("logit_lens"):
+        return ""
+    m = report["metrics"]
+    inside = m.get("answer_still_inside")
+    line = (f"Before, the answer is among the top 10 tokens at **{m['lens_top10_layers_before']:.1f}** of "
+            f"{m['lens_layers']} layers on average; after, at **{m['lens_top10_layers_after']:.1f}**.")
+    if inside is not None:
+        line += (f" Of the {m['known_inside']} fact(s) no longer said, **{pct(inside)}** still have it in the top 10 "
+                 "at some layer: hidden from the output, not erased.")
+    return line
 
 
 def pct(value) -> str:

@@ -94,6 +94,16 @@ def test_preset_unlearn_compare(page):
     assert re.search(r"Neighbour retention\s*(\d+ %|–).*General retention\s*\d+ %", cards.inner_text(), re.S)
     # the base model's own rate sits next to the degenerate rate, so 5 % is read against it
     assert re.search(r"Degenerate answers\s*\d+ %.*before: \d+ %", cards.inner_text(), re.S)
+    # the probes the question's words cannot reach have cards of their own, and every card its count
+    for title in ("Rewordings, other words", "Same-answer facts kept", "Fluency", "Still inside"):
+        assert re.search(rf"{title}\s*(\d+ %|\d+\.\d+|–)", cards.inner_text()), title
+    hints = cards.locator(".card .hint").all_inner_texts()
+    assert hints and all(re.search(r"of \d+ (prompt|answer|fact)", h) for h in hints), hints
+    assert re.search(r"Truth ratio\s*[\d.e+-]+", cards.inner_text()) and "0.00 →" not in cards.inner_text()
+    playwright.expect(page.locator("#forgetting-kind")).to_contain_text("Kind of forgetting")
+    playwright.expect(page.locator("#lens-plot")).to_contain_text("logit lens")
+    playwright.expect(page.locator("#lens-plot .hm").first).to_be_attached()
+    playwright.expect(compare).to_contain_text("paraphrase · other words")
     assert not page.get_by_text("Traceback").count()
     # every row of the comparison is on the page: no scrolling inside the table
     inner = compare.evaluate("""e => [...e.querySelectorAll('*')].filter(x => {

@@ -118,7 +118,8 @@ def test_neighbours_score_by_gold_answers_or_by_agreement_with_the_base_and_are_
     assert [r["verdict"] for r in rows] == ["kept", "lost", "wrong before", "agrees", "changed", "no answer before"]
     m = compute_metrics(rows, None)
     assert m["neighbour_retention"] == 0.5 and m["known_neighbour"] == 2
-    assert m["neighbour_retention_by_kind"] == {"same_subject": 1.0, "same_relation": 0.0, "shared_words": None}
+    assert m["neighbour_retention_by_kind"] == {"same_subject": 1.0, "same_relation": 0.0, "shared_words": None,
+                                             "same_answer": None}
     assert m["neighbour_agreement"] == 0.5 and m["counted_agreement"] == 2
     assert m["neighbour_agreement_by_kind"]["shared_words"] == 0.0
 

@@ -114,7 +114,8 @@ def test_a_keep_list_is_read_from_json_or_from_the_tables_one_cell_form():
     ({"question": "Currency?"}, "keep must be a list"),
     ([{"question": "Currency?", "answers": ["euro"], "colour": "red"}], "unknown field(s) colour"),
     ([{"question": "Currency?", "answers": ["euro"], "kind": "cousin"}], "kind must be one of"),
-    ([{"question": "Biggest city?", "answers": ["Madrid"]}], "contains the answer to forget"),
+    ([{"question": "Biggest city?", "answers": ["Madrid"], "kind": "same_subject"}], "its kind is same_answer"),
+    ([{"question": "what is the capital of  Spain", "answers": ["Madrid"]}], "the fact's own question"),
     ([{"question": "x" * 501, "answers": ["euro"]}], "longer than 500 characters"),
     ([{"question": f"Q{i}?", "answers": ["a"]} for i in range(11)], "at most 10 keep entries"),
 ])

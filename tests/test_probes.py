@@ -1,7 +1,7 @@
 """The probes built from a fact: rewordings, adversarial forms, neighbours in order of precedence."""
 import json
 
-from lune_core.facts import facts_from_records, leaks
+from lune_core.facts import NEIGHBOUR_KINDS, facts_from_records, leaks
 from lune_core.probes import (AFFIRMATIVE_PREFIX, NeighbourSources, agrees, build_probes, cloze,
                               neighbour_probes, rewordings, subject_span)
 from lune_core.assets import assets_dir
@@ -105,8 +105,11 @@ def test_the_shipped_curated_neighbours_cover_every_preset_fact_and_are_never_tr
             for entry in keep:
                 question = " ".join(entry["question"].lower().split())
                 assert question not in anchors and question not in general, entry["question"]
-                assert entry["kind"] in ("same_subject", "same_relation", "shared_words")
-                assert not any(leaks(a, answer) for a in entry["answers"] for answer in answers), entry
+                assert entry["kind"] in NEIGHBOUR_KINDS
+                if entry["kind"] == "same_answer":  # another fact whose answer is this fact's answer
+                    assert entry["answers"] == [fact["answer"]], entry
+                else:
+                    assert not any(leaks(a, answer) for a in entry["answers"] for answer in answers), entry
 
 
 def test_nothing_the_method_trains_on_is_a_probe_that_scores_it():

@@ -5,15 +5,19 @@ from __future__ import annotations
 import gradio as gr
 
 from ..service import Service, robustness_rows
-from ..views import (ROBUSTNESS_EMPTY, cards_html, clock, comparison_frame, robustness_frame, robustness_markdown,
-                     runs_frame)
+from ..views import (ROBUSTNESS_EMPTY, cards_html, clock, comparison_frame, lens_figure, robustness_frame,
+                     robustness_markdown, runs_frame)
 from .page import HEAVY, Page, guarded
 
 
 def build(page: Page, service: Service) -> None:
     limits = service.limits
     gr.Markdown("## 4 · Compare before and after", elem_classes="step-title", elem_id="compare-title")
+    page.kind_line = gr.Markdown("", elem_id="forgetting-kind")
     page.cards = gr.HTML(cards_html(None), elem_id="metric-cards")
+    with gr.Accordion("Is it still in there? The forgotten answers inside the model, layer by layer", open=True):
+        page.lens_plot = gr.Plot(lens_figure(None), show_label=False, elem_id="lens-plot")
+        page.lens_note = gr.Markdown("")
     # Every row on the page, no inner scroll: a projector shows the whole comparison.
     page.compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare",
                                 label="Every question, before (adapter off) and after (adapter on)", max_height=20000,

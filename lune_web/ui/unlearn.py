@@ -8,8 +8,9 @@ from lune_core.losses import UNLEARNING_METHODS
 
 from ..forms import UNGATED
 from ..service import DEFAULT_GENERAL_PROMPTS, Service, comparison_rows, cost_rows
-from ..views import (ROBUSTNESS_EMPTY, cards_html, comparison_frame, cost_frame, finished_markdown, loss_figure,
-                     method_markdown, progress_markdown, robustness_frame, runs_frame)
+from ..views import (ROBUSTNESS_EMPTY, cards_html, comparison_frame, cost_frame, finished_markdown, kind_markdown,
+                     lens_figure, lens_markdown, loss_figure, method_markdown, progress_markdown, robustness_frame,
+                     runs_frame)
 from .page import HEAVY, LIGHT, Page, guarded
 
 DEFAULTS = UnlearnConfig()
@@ -61,7 +62,7 @@ def build(page: Page, service: Service) -> None:
 
 def wire(page: Page, service: Service) -> None:
     outputs = [page.plot, page.run_status, page.compare, page.cards, page.runs, page.cost, page.robust_table,
-               page.robust_status]
+               page.robust_status, page.kind_line, page.lens_plot, page.lens_note]
 
     def cleared_robustness() -> dict:
         # The robustness panel belongs to the adapter it attacked: it goes with it.
@@ -87,6 +88,8 @@ def wire(page: Page, service: Service) -> None:
             report = state.report
             yield {**shown, **cleared_robustness(), page.run_status: finished_markdown(report),
                    page.compare: comparison_frame(comparison_rows(report)), page.cards: cards_html(report["metrics"]),
+                   page.kind_line: kind_markdown(report), page.lens_plot: lens_figure(report.get("logit_lens")),
+                   page.lens_note: lens_markdown(report),
                    page.runs: runs_frame(state.runs), page.cost: cost_frame(cost_rows(state))}
 
     @guarded(page.run_status)
@@ -99,6 +102,7 @@ def wire(page: Page, service: Service) -> None:
     def on_reset(state):
         service.reset(state)
         return {page.plot: loss_figure([]), page.compare: comparison_frame([]), page.cards: cards_html(None),
+                page.kind_line: "", page.lens_plot: lens_figure(None), page.lens_note: "",
                 page.cost: cost_frame([]), **cleared_robustness(),
                 page.run_status: "Adapter removed: the model answers like the base model again. The comparison, "
                                  "the cost table and the robustness check went with it (they described that adapter); "
