@@ -192,8 +192,9 @@ def parse_sentence(sentence: str, index: int = 0, limits: RunLimits = RunLimits(
     text = _clean(sentence, "sentence", _label(index), limits)
     marks = _MARKED.findall(text)
     if len(marks) != 1:
-        found = "no" if not marks else f"{len(marks)}"
-        raise FactError(f"{_label(index, text)}: mark exactly one answer with [brackets], found {found}")
+        found = "none" if not marks else f"{len(marks)}"
+        raise FactError(f"{_label(index, text)}: mark exactly one answer with [brackets] (found {found}), "
+                        "e.g. 'The capital of France is [Paris].'")
     answer = marks[0].strip()
     if not answer:
         raise FactError(f"{_label(index, text)}: the [answer] is empty")

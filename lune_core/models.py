@@ -348,7 +348,8 @@ def _explain_missing(model_id: str, err: Exception, offline: bool) -> str:
     """`offline`: the load already found the hub out of reach (hub_reachable), not asked again here."""
     text = str(err)
     if offline or os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in text.lower() or "connect" in text.lower():
-        return f"cannot reach the model hub for {shown(model_id)} (offline?); the embedded model works offline"
+        return (f"{shown(model_id)} is not on this machine and the model hub is out of reach, so it cannot be "
+                "checked: is the id spelled owner/name as on the hub? The embedded model works offline")
     if "401" in text or "gated" in text.lower():
         return f"{shown(model_id)} is gated or private: set HF_TOKEN in the environment"
     return f"model {shown(model_id)} was not found"

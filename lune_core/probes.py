@@ -220,11 +220,14 @@ def subject_span(question: str, vocabulary: list[str]) -> str:
 
 
 def _substitutes(span: str, entities: dict[str, list[str]], n: int, seed: int, taken: str) -> list[str]:
-    """Other entities of the subject's category (of every category when it is in none), none of them
-    named in `taken` (the run's own fact questions: those are forgotten, not neighbours)."""
+    """Other entities of the subject's category, none of them named in `taken` (the run's own fact
+    questions: those are forgotten, not neighbours). None when the subject is in no category: another
+    category's names make questions nobody would ask ("Who painted the Coca-Cola?")."""
     key = normalise(span).strip("'\"")
     same = [names for names in entities.values() if any(normalise(e).strip("'\"") == key for e in names)]
-    pool = same[0] if same else [e for names in entities.values() for e in names]
+    if not same:
+        return []
+    pool = same[0]
     pool = [e for e in pool if normalise(e).strip("'\"") != key and normalise(e).strip("'\"") not in taken]
     return random.Random(seed).sample(pool, min(n, len(pool)))
 

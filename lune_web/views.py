@@ -18,10 +18,12 @@ from .session import RunUpdate
 QUANTIZATION = {"nf4": "4-bit NF4", "none": "none (full precision)"}
 DEFAULTS = UnlearnConfig()
 VERDICTS = {  # word, symbol and colour: the colour is never the only signal
-    "forgotten": ("✓ forgotten", "#d1fae5"), "kept": ("✓ kept", "#d1fae5"), "agrees": ("✓ agrees", "#d1fae5"),
+    # an automatic neighbour has no gold answer: agreeing with the base is not being right, so it says
+    # "unchanged" or "changed", never "kept"
+    "forgotten": ("✓ forgotten", "#d1fae5"), "kept": ("✓ kept", "#d1fae5"), "agrees": ("= unchanged", "#e0e7ff"),
     "still leaks": ("✗ still leaks", "#fee2e2"), "lost": ("✗ lost", "#fee2e2"),
     "spilled": ("✗ says a forgotten fact's negative", "#fee2e2"), "spliced": ("✗ forgotten, spliced", "#fde68a"),
-    "changed": ("✗ changed", "#fee2e2"), "broken": ("✗ broken", "#fde68a"),
+    "changed": ("≠ changed", "#fde68a"), "broken": ("✗ broken", "#fde68a"),
     "not known before": ("– not known before", "#e5e7eb"), "wrong before": ("– wrong before", "#e5e7eb"),
     "no answer before": ("– no answer before", "#e5e7eb"), "looping before": ("– looping before", "#e5e7eb"),
 }
@@ -44,7 +46,8 @@ CARDS = [
      "fact's replacement or refusal", "pct", None, "known_neighbour"),
     ("neighbour_retention_by_kind/same_answer", "Same-answer facts kept", "other facts whose answer is the "
      "forgotten word (the Louvre is still in Paris)", "pct", None, "known_neighbour_by_kind/same_answer"),
-    ("neighbour_agreement", "Neighbour agreement", "automatic neighbours that still say what the base said",
+    ("neighbour_agreement", "Automatic neighbours unchanged", "questions made up around the facts, with no "
+     "right answer on file: the share still saying what the base said (unchanged, not checked right)",
      "pct", None, "counted_agreement"),
     ("general_retention", "General retention", "unrelated known answers still right", "pct", None,
      "known_general"),
@@ -83,16 +86,18 @@ def loss_figure(steps: list[dict], total_steps: int | None = None, title: str = 
     figure = go.Figure()
     if steps:
         x = [s["step"] for s in steps]
-        figure.add_scatter(x=x, y=[s["loss"] for s in steps], name="total loss", mode="lines+markers",
-                           line={"width": 3})
-        for part in dict.fromkeys(k for s in steps for k in s["parts"]):
+        parts = list(dict.fromkeys(k for s in steps for k in s["parts"]))
+        # One part is the total itself: a second line would lie exactly under the first, named but unseen.
+        name = f"total loss (= {parts[0]})" if len(parts) == 1 else "total loss"
+        figure.add_scatter(x=x, y=[s["loss"] for s in steps], name=name, mode="lines+markers", line={"width": 3})
+        for part in parts if len(parts) > 1 else []:
             figure.add_scatter(x=x, y=[s["parts"].get(part) for s in steps], name=part,
                                mode="lines+markers", line={"dash": "dot"})
         total_steps = total_steps or steps[-1]["total_steps"]
     figure.update_layout(
-        height=height, margin={"l": 40, "r": 10, "t": 40, "b": 40}, title=title,
+        height=height, margin={"l": 50, "r": 10, "t": 44, "b": 40}, title=title, font={"size": 14},
         xaxis={"title": "step", "range": [0.5, (total_steps or DEFAULTS.steps) + 0.5]},
-        yaxis={"title": "loss"}, legend={"orientation": "h", "y": -0.25}, template="plotly_white",
+        yaxis={"title": "loss"}, legend={"orientation": "h", "y": -0.3}, template="plotly_white",
     )
     return figure
 
@@ -160,18 +165,43 @@ def kind_label(row: dict) -> str:
     return label
 
 
-def comparison_frame(rows: list[dict]):
-    rows = sorted(rows, key=lambda r: KIND_ORDER.get(r["kind"], 9))  # stable: the run's order within a kind
-    frame = pd.DataFrame(
-        [[kind_label(r), r["prompt"] + (f"\n↳ reply made to start: {r['prefill']}" if r.get("prefill") else ""),
-          r["expected"] or "(the base's own answer)", r["before"], r["after"],
-          VERDICTS.get(r["verdict"], (r["verdict"],))[0]] for r in rows],
-        columns=["kind", "prompt", "answer checked", "before", "after", "verdict"])
-    if frame.empty:
-        return frame
-    colours = {word: colour for word, colour in VERDICTS.values()}
-    return frame.style.map(lambda v: f"background-color: {colours.get(v, 'transparent')}; color: #111",
-                           subset=["verdict"])
+COMPARE_COLUMNS = ["kind", "prompt", "answer checked", "before", "after", "verdict"]
+KIND_TITLES = {"forget": "The facts' own questions", "paraphrase": "The facts reworded (their own rewordings)",
+               "reworded": "The questions' form changed by rule", "adversarial": "Adversarial forms",
+               "neighbour": "Neighbours: other facts that must stay right", "general": "Unrelated general questions"}
+COMPARE_EMPTY = "<div id='compare-empty'>The comparison appears here after a run.</div>"
+
+
+def comparison_html(rows: list[dict]) -> str:
+    """Every probe before and after, grouped by kind in the page's order: per kind one line that counts
+    its verdicts, and its rows folded beneath (a run has 50-100 of them: one long table was 8,000 px
+    on a projector). Every text is escaped; the colour is never the only signal."""
+    if not rows:
+        return COMPARE_EMPTY
+    groups = []
+    for kind in sorted({r["kind"] for r in rows}, key=lambda k: KIND_ORDER.get(k, 9)):
+        mine = [r for r in rows if r["kind"] == kind]  # the run's order within a kind
+        counts = {}
+        for r in mine:
+            word = VERDICTS.get(r["verdict"], (r["verdict"],))[0]
+            counts[word] = counts.get(word, 0) + 1
+        tally = " · ".join(f"{n} {html.escape(word)}" for word, n in counts.items())
+        body = "".join(_compare_row(r) for r in mine)
+        head = "".join(f"<th>{c}</th>" for c in COMPARE_COLUMNS)
+        groups.append(f"<details class='kind' data-kind='{kind}'><summary><b>{KIND_TITLES.get(kind, kind)}</b> · "
+                      f"{len(mine)} prompt{'s' if len(mine) != 1 else ''}: {tally}</summary>"
+                      f"<table class='cmp'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></details>")
+    return "<div class='compare'>" + "".join(groups) + "</div>"
+
+
+def _compare_row(r: dict) -> str:
+    word, colour = VERDICTS.get(r["verdict"], (r["verdict"], "transparent"))
+    prompt = html.escape(r["prompt"]) + (f"<br><i>↳ reply made to start: {html.escape(r['prefill'])}</i>"
+                                         if r.get("prefill") else "")
+    cells = [html.escape(kind_label(r)), prompt, html.escape(r["expected"] or "(the base's own answer)"),
+             html.escape(r["before"]), html.escape(r["after"])]
+    return (f"<tr data-verdict='{html.escape(r['verdict'])}'>" + "".join(f"<td>{c}</td>" for c in cells)
+            + f"<td class='verdict' style='background-color: {colour}'>{html.escape(word)}</td></tr>")
 
 
 def metric(metrics: dict, key: str | None):

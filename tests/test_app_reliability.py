@@ -140,13 +140,14 @@ def test_a_preset_replaces_the_table_or_joins_it_as_asked(app):
     again = client.predict("capitals", 2, "append", joined[0], api_name="/use_preset")
     assert again[2].startswith("⚠️") and "duplicate" in again[2].lower(), again[2]
     # removing rows keeps the status true
-    fewer, status = client.predict(joined[0], api_name="/remove_row")
+    fewer, status, base, described = client.predict(joined[0], api_name="/remove_row")
+    assert not base["data"] and described == ""  # what described the table before is gone with the change
     assert len(fewer["data"]) == 2 and "holds 2 facts" in status
 
 
 def test_reset_says_what_it_cleared(app, trained):
     outputs = trained.client.predict(api_name="/reset")
-    assert "went with it" in outputs[1] and not outputs[2]["data"], outputs[1]
+    assert "went with it" in outputs[1] and "appears here after a run" in outputs[2], outputs[1]
 
 
 def corpus_columns() -> list[str]:

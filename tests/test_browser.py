@@ -45,6 +45,21 @@ def page(app_url):
         browser.close()
 
 
+# The computed font size of an element and the contrast of its text colour on the nearest background that
+# is not transparent (WCAG's relative luminance).
+CONTRAST = """e => {
+    const rgb = c => c.match(/[\\d.]+/g).map(Number);
+    const lum = ([r, g, b]) => [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92
+        : Math.pow((v + 0.055) / 1.055, 2.4); }).reduce((a, v, i) => a + v * [0.2126, 0.7152, 0.0722][i], 0);
+    let bg = e, colour;
+    while (bg && (colour = rgb(getComputedStyle(bg).backgroundColor)).length === 4 && colour[3] === 0)
+        bg = bg.parentElement;
+    const back = bg ? rgb(getComputedStyle(bg).backgroundColor).slice(0, 3) : [255, 255, 255];
+    const [a, b] = [lum(rgb(getComputedStyle(e).color).slice(0, 3)), lum(back)].sort((x, y) => y - x);
+    return [parseFloat(getComputedStyle(e).fontSize), (a + 0.05) / (b + 0.05)];
+}"""
+
+
 def first_data_row(table):
     """Gradio's dataframe is a virtual grid: row 1 is the header, row 2 the first data row."""
     return table.locator("[role=row][aria-rowindex='2']").first
@@ -77,10 +92,16 @@ def test_preset_unlearn_compare(page):
     playwright.expect(status).to_contain_text(re.compile(r"step ([3-9]|\d\d) / |Done"), timeout=RUN_TIMEOUT_MS)
     shot(page, "2-training.png", "#unlearn-title")
 
-    # 3. Compare: the first fact is forgotten, with a word (not only a colour), and metrics appear.
+    # 3. Compare: the figures first, then a fold per kind, each saying what its rows hold; the first fact
+    # is forgotten, with a word (not only a colour).
     playwright.expect(status).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
     compare = page.locator("#compare")
-    first_row = first_data_row(compare)
+    playwright.expect(compare.locator("details.kind summary").first).to_contain_text("The facts' own questions")
+    assert page.evaluate("document.querySelector('#metric-cards').getBoundingClientRect().top "
+                         "< document.querySelector('#compare').getBoundingClientRect().top")
+    playwright.expect(compare.locator("details.kind[data-kind=forget] summary")).to_contain_text("forgotten")
+    compare.locator("details.kind summary").evaluate_all("all => all.forEach(s => s.click())")
+    first_row = compare.locator("tr[data-verdict]").first
     playwright.expect(first_row).to_contain_text("forget")
     playwright.expect(first_row).to_contain_text("forgotten")
     playwright.expect(compare).to_contain_text("general")
@@ -105,11 +126,17 @@ def test_preset_unlearn_compare(page):
     playwright.expect(page.locator("#lens-plot .hm").first).to_be_attached()
     playwright.expect(compare).to_contain_text("paraphrase · other words")
     assert not page.get_by_text("Traceback").count()
-    # every row of the comparison is on the page: no scrolling inside the table
+    # every row of the comparison is on the page: no scrolling inside the table, no table wider than its box,
+    # no word broken inside
     inner = compare.evaluate("""e => [...e.querySelectorAll('*')].filter(x => {
         const s = getComputedStyle(x);
         return ['auto', 'scroll'].includes(s.overflowY) && x.scrollHeight > x.clientHeight + 4;}).length""")
     assert inner == 0
+    assert compare.evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    assert compare.locator("td").first.evaluate("c => getComputedStyle(c).wordBreak") == "normal"
+    # projector legibility: hint text at least 14 px and 4.5:1 against its card
+    size, ratio = cards.locator(".hint").first.evaluate(CONTRAST)
+    assert size >= 14 and ratio >= 4.5, (size, ratio)
     # scrolled down to the comparison, the step bar is still at the top of the window
     assert page.evaluate("document.querySelector('#steps-nav').getBoundingClientRect().top") == 0
     shot(page, "3-compare.png", "#compare-title")
@@ -135,7 +162,9 @@ def test_the_privacy_lesson_teaches_then_forgets(page):
     shot(page, "5-taught.png", "#teach-panel")
     page.get_by_role("button", name="Unlearn", exact=True).click()
     playwright.expect(page.locator("#run-status")).to_contain_text("Done", timeout=RUN_TIMEOUT_MS)
-    first_row = first_data_row(page.locator("#compare"))
+    compare = page.locator("#compare")
+    compare.locator("details.kind[data-kind=forget] summary").click()
+    first_row = compare.locator("tr[data-verdict]").first
     playwright.expect(first_row).to_contain_text("forget")
     # known before (the taught model is "before"), so the verdict is about forgetting, not "not known before"
     assert "not known before" not in first_row.inner_text()

@@ -128,3 +128,12 @@ def test_nothing_the_method_trains_on_is_a_probe_that_scores_it():
 
     near = training_neighbours(facts, sources(), seed=0, scored=probes)
     assert near and not {norm(p) for p in near} & {norm(p) for p in probes}
+
+
+def test_a_subject_in_no_category_is_never_swapped_for_another_categorys_name():
+    """'Who painted the Coca-Cola?' is no question: the same question about another subject is asked only
+    with a subject of the same kind."""
+    facts = facts_from_records([{"question": "Who painted the Mona Lisa?", "answer": "Leonardo"}])
+    probes = neighbour_probes(facts, sources(), seed=0)
+    assert probes and not [p for p in probes if p.subkind == "same_relation"]
+    assert not any(name in p.prompt for p in probes for names in ENTITIES.values() for name in names)

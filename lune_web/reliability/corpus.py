@@ -290,7 +290,7 @@ def _app_status(case: Case, client, rows: list[list[str]]) -> tuple[str, list, o
         base, status = client.predict(table(case.input), 8, api_name="/preview")
         return status, [base], base
     if case.where == "sentences":
-        facts, status, typed = client.predict(table(rows), case.input, api_name="/add_sentences")
+        facts, status, typed, *_ = client.predict(table(rows), case.input, api_name="/add_sentences")
         return status, [facts, typed], facts
     if case.where == "settings":
         outputs = unlearn(client, rows, **case.input).result(timeout=300)

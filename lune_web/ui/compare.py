@@ -5,9 +5,9 @@ from __future__ import annotations
 import gradio as gr
 
 from ..service import Service, robustness_rows
-from ..views import (ROBUSTNESS_EMPTY, cards_html, clock, comparison_frame, lens_figure, robustness_frame,
+from ..views import (ROBUSTNESS_EMPTY, cards_html, clock, comparison_html, lens_figure, robustness_frame,
                      robustness_markdown, runs_frame)
-from .page import HEAVY, Page, guarded
+from .page import HEAVY, Page, guarded, warning
 
 
 def build(page: Page, service: Service) -> None:
@@ -18,12 +18,12 @@ def build(page: Page, service: Service) -> None:
     with gr.Accordion("Is it still in there? The forgotten answers inside the model, layer by layer", open=True):
         page.lens_plot = gr.Plot(lens_figure(None), show_label=False, elem_id="lens-plot")
         page.lens_note = gr.Markdown("")
-    # Every row on the page, no inner scroll: a projector shows the whole comparison.
-    page.compare = gr.Dataframe(comparison_frame([]), interactive=False, wrap=True, elem_id="compare",
-                                label="Every question, before (adapter off) and after (adapter on)", max_height=20000,
-                                column_widths=["13%", "19%", "9%", "23%", "23%", "13%"])
+    gr.Markdown("**Every question, before (adapter off) and after (adapter on)**, by kind: open a kind to see "
+                "its rows.")
+    page.compare = gr.HTML(comparison_html([]), elem_id="compare")
     with gr.Accordion("Runs in this page", open=False):
-        page.runs = gr.Dataframe(runs_frame([]), interactive=False, label="Past runs (kept until you leave)")
+        page.runs = gr.Dataframe(runs_frame([]), interactive=False, wrap=True, elem_id="runs",
+                                 label="Past runs (kept until you leave)")
     with gr.Row():
         with gr.Column():
             # No max_length: the box would cut a long prompt silently; the service says it is too long.
@@ -41,9 +41,11 @@ def build(page: Page, service: Service) -> None:
 
 
 def wire(page: Page, service: Service) -> None:
-    @guarded(page.ask_status)
     def on_ask(state, prompt, max_new_tokens):
-        before, after = service.ask(state, prompt, max_new_tokens)
+        try:
+            before, after = service.ask(state, prompt, max_new_tokens)
+        except Exception as err:  # noqa: BLE001 - the answers beside a refused prompt would be another prompt's
+            return {page.before_box: "", page.after_box: "", **warning(err, page.ask_status)}
         note = ("No adapter yet: both answers come from the base model." if state.adapter is None else
                 "Left: base model (adapter off). Right: with this page's adapter.")
         return {page.before_box: before, page.after_box: after, page.ask_status: note}

@@ -50,7 +50,7 @@ def build(page: Page, service: Service) -> None:
             page.teach_status = gr.Markdown(elem_id="teach-status")
             page.teach_plot = gr.Plot(loss_figure([], title="Teaching loss", height=240), show_label=False,
                                       elem_id="teach-plot")
-    page.base_table = gr.Dataframe(label="What the model says now (the taught model, once taught)",
+    page.base_table = gr.Dataframe(label="What the model says now",
                                    elem_id="base-answers", interactive=False,
                                    wrap=True, column_widths=["28%", "14%", "46%", "12%"],
                                    headers=["question", "answer to forget", "the model says now", "known?"])
@@ -61,7 +61,8 @@ def wire(page: Page, service: Service) -> None:
     def on_preset(preset_id, count, mode, table):
         entry = next((p for p in forms.presets() if p["id"] == preset_id), {})
         all_rows = service.preset_rows(preset_id)
-        rows = all_rows[: max(1, int(count or 1))]
+        # A lesson's preset is one story (the invented person's details): taken whole.
+        rows = all_rows if entry.get("kind") == "taught" else all_rows[: max(1, int(count or 1))]
         if mode == "append":  # the typed facts stay; the whole table must still be valid
             rows = forms.clean_rows(table) + rows
             service.facts_from_rows(rows)
@@ -84,9 +85,12 @@ def wire(page: Page, service: Service) -> None:
         return {page.base_table: base_frame(found), page.facts_status: note}
 
     def table_status(rows) -> dict:
+        """The count of what the table holds now; what described the table before (the base model's answers
+        to its facts, the preset's description) goes, since it no longer matches."""
         n = len(forms.clean_rows(rows))
         return {page.facts_status: f"The table holds {n} fact{'s' if n != 1 else ''}." if n else
-                "The table is empty: type a fact, pick a preset, or write sentences below."}
+                "The table is empty: type a fact, pick a preset, or write sentences below.",
+                page.base_table: base_frame([]), page.preset_info: ""}
 
     @guarded(page.facts_status)
     def on_add_row(rows):
@@ -106,7 +110,7 @@ def wire(page: Page, service: Service) -> None:
     def on_add_sentences(rows, sentences):
         merged = service.add_sentences(rows, sentences)
         return {page.facts: merged, page.facts_status: f"The table now holds {len(merged)} facts.",
-                page.sentences: ""}
+                page.sentences: "", page.base_table: base_frame([]), page.preset_info: ""}
 
     @guarded(page.teach_status)
     def on_teach(state, rows, seed):
@@ -146,11 +150,11 @@ def wire(page: Page, service: Service) -> None:
                                **LIGHT).success(
         on_preview, preview_in, preview_out, api_visibility="private", show_progress_on=[page.facts_status], **HEAVY)
     page.add_row_button.click(on_add_row, page.facts, [page.facts, page.facts_status], api_name="add_row", **LIGHT)
-    page.remove_row_button.click(on_remove_row, page.facts, [page.facts, page.facts_status], api_name="remove_row",
-                                 **LIGHT)
-    page.clear_button.click(on_clear, page.facts, [page.facts, page.facts_status], api_name="clear_facts", **LIGHT)
+    changed = [page.facts, page.facts_status, page.base_table, page.preset_info]
+    page.remove_row_button.click(on_remove_row, page.facts, changed, api_name="remove_row", **LIGHT)
+    page.clear_button.click(on_clear, page.facts, changed, api_name="clear_facts", **LIGHT)
     # Typing in, or deleting from, the table keeps the count true (never "holds 4" after deleting 2).
-    page.facts.input(guarded(page.facts_status)(table_status), page.facts, [page.facts_status],
+    page.facts.input(guarded(page.facts_status)(table_status), page.facts, changed[1:],
                      api_visibility="private", **LIGHT)
-    page.add_button.click(on_add_sentences, [page.facts, page.sentences],
-                          [page.facts, page.facts_status, page.sentences], api_name="add_sentences", **LIGHT)
+    page.add_button.click(on_add_sentences, [page.facts, page.sentences], changed[:2] + [page.sentences] + changed[2:],
+                          api_name="add_sentences", **LIGHT)

@@ -10,9 +10,11 @@ from .page import Page
 
 
 def build(page: Page, service: Service) -> None:
-    # A side panel, not the end of a long page: reachable from every step (the ›  at the right edge).
-    with gr.Sidebar(label="Guide for the classroom", open=False, position="right", width=520, elem_id="guide"):
-        gr.Markdown("## 7 · Guide for the classroom")
+    # The last section, one click away from every step (the step bar's "7 Guide"). A side panel squeezed
+    # the page to half its width on a 1024-pixel projector.
+    gr.Markdown("## 7 · Guide for the classroom", elem_classes="step-title", elem_id="guide-title")
+    with gr.Accordion("The guide: what unlearning is, how to read the page, a lesson plan", open=True,
+                      elem_id="guide"):
         gr.Markdown(asset("guide.md").read_text(encoding="utf-8"))
 
 

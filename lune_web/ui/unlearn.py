@@ -8,7 +8,7 @@ from lune_core.losses import UNLEARNING_METHODS
 
 from ..forms import UNGATED
 from ..service import DEFAULT_GENERAL_PROMPTS, Service, comparison_rows, cost_rows
-from ..views import (ROBUSTNESS_EMPTY, cards_html, comparison_frame, cost_frame, finished_markdown, kind_markdown,
+from ..views import (ROBUSTNESS_EMPTY, cards_html, comparison_html, cost_frame, finished_markdown, kind_markdown,
                      lens_figure, lens_markdown, loss_figure, method_markdown, progress_markdown, robustness_frame,
                      runs_frame)
 from .page import HEAVY, LIGHT, Page, guarded
@@ -87,7 +87,7 @@ def wire(page: Page, service: Service) -> None:
                 continue
             report = state.report
             yield {**shown, **cleared_robustness(), page.run_status: finished_markdown(report),
-                   page.compare: comparison_frame(comparison_rows(report)), page.cards: cards_html(report["metrics"]),
+                   page.compare: comparison_html(comparison_rows(report)), page.cards: cards_html(report["metrics"]),
                    page.kind_line: kind_markdown(report), page.lens_plot: lens_figure(report.get("logit_lens")),
                    page.lens_note: lens_markdown(report),
                    page.runs: runs_frame(state.runs), page.cost: cost_frame(cost_rows(state))}
@@ -101,7 +101,7 @@ def wire(page: Page, service: Service) -> None:
     @guarded(page.run_status)
     def on_reset(state):
         service.reset(state)
-        return {page.plot: loss_figure([]), page.compare: comparison_frame([]), page.cards: cards_html(None),
+        return {page.plot: loss_figure([]), page.compare: comparison_html([]), page.cards: cards_html(None),
                 page.kind_line: "", page.lens_plot: lens_figure(None), page.lens_note: "",
                 page.cost: cost_frame([]), **cleared_robustness(),
                 page.run_status: "Adapter removed: the model answers like the base model again. The comparison, "
