@@ -430,7 +430,7 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              f"sizes {meta['fact_sets']}, seeds {meta['seeds']}{_first_seed_only(meta)}, at most "
              f"{meta['max_steps']} steps (early stop on), general set limit {meta['general_limit'] or 'all'}; "
              f"wall time {meta['wall_seconds']} s" + _reused(meta) + _kept_rows(meta),
-             "- every figure is a share of the probes the base model could show it on (README, *Metrics*): "
+             "- every figure is a share of the probes the base model could show it on (docs/metrics.md): "
              "forget-like kinds where the base said the answer, neighbour and general where it answered "
              "right, agreement where it answered at all. clean: forgotten, not degenerate, not a spliced "
              "fragment; same words / other words / other language: the paraphrases by sub-kind (docs/metrics.md); "

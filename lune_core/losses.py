@@ -1,6 +1,6 @@
 """Unlearning losses as pure functions of model outputs, reference values and settings.
 
-Every method reads the same `LossInputs` and returns (loss, parts). Notation as in README:
+Every method reads the same `LossInputs` and returns (loss, parts). Notation as in docs/method.md:
 θ = base + LoRA, ref = the same weights with the adapter disabled (precomputed once per run).
 """
 from __future__ import annotations
