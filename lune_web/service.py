@@ -356,6 +356,9 @@ def cost_rows(session: Session) -> list[list]:
     def pct(m):
         return round(100 * m["trainable_params"] / base, 3)
 
+    def share(m, key, count):  # a share with the number of prompts it is over: 86 % of 7 is not 86 % of 70
+        return None if m.get(key) is None else (m[key], m.get(count))
+
     return [
         ["trainable parameters", lora["trainable_params"], fm.get("trainable_params")],
         ["base model parameters", base, base if fm else None],
@@ -365,10 +368,12 @@ def cost_rows(session: Session) -> list[list]:
         ["training seconds", lora["train_seconds"], fm.get("train_seconds")],
         ["peak memory (MB)", lora["peak_memory_mb"], fm.get("peak_memory_mb") or
          (f"≈ {est['needed_mb']} (estimate)" if est and not full.get("measured") else None)],
-        ["forget success", lora["forget_success"], fm.get("forget_success")],
-        ["forgotten cleanly", lora.get("forget_clean"), fm.get("forget_clean")],
-        ["neighbour retention", lora.get("neighbour_retention"), fm.get("neighbour_retention")],
-        ["general retention", lora["general_retention"], fm.get("general_retention")],
+        ["forget success", share(lora, "forget_success", "known_forget"), share(fm, "forget_success", "known_forget")],
+        ["forgotten cleanly", share(lora, "forget_clean", "known_forget"), share(fm, "forget_clean", "known_forget")],
+        ["neighbour retention", share(lora, "neighbour_retention", "known_neighbour"),
+         share(fm, "neighbour_retention", "known_neighbour")],
+        ["general retention", share(lora, "general_retention", "known_general"),
+         share(fm, "general_retention", "known_general")],
     ]
 
 

@@ -314,8 +314,8 @@ def cost_frame(rows: list[list], trained: str = "adapter (this run)") -> pd.Data
     def show(name, v):
         if v is None:
             return "not measured"
-        if name in COST_SHARES:
-            return pct(v)
+        if name in COST_SHARES:  # (share, how many prompts it is over)
+            return f"{pct(v[0])} of {v[1]} prompt{'' if v[1] == 1 else 's'}" if v[1] is not None else pct(v[0])
         return f"{v:,}" if isinstance(v, int) else str(v)
 
     return pd.DataFrame([[name, show(name, a), show(name, b)] for name, a, b in rows],
@@ -344,10 +344,14 @@ def robustness_frame(rows: list[dict]) -> pd.DataFrame:
 
 def robustness_markdown(result: dict) -> str:
     n = result.get("forgotten_probes", 0)
+    how = result.get("requant_how") or "merged into the weights, re-quantized to NF4"
     line = (f"Of the **{n}** questions the run made the model forget, said again after "
             f"{result.get('relearn_steps', 'a few')} steps of relearning on related text: "
             f"**{pct(result.get('relearn_leak_rate'))}** · after merging the adapter and re-quantizing to 4 bits: "
-            f"**{pct(result.get('requant_leak_rate'))}** (lower is better).")
+            f"**{pct(result.get('requant_leak_rate'))}** (lower is better).  \n"
+            "*Relearning* trains the adapter a few more steps on what the base model says about each fact's "
+            "topic, every sentence that names the answer left out; *re-quantizing*: " + text(how) + ". Then the "
+            "facts' questions and rewordings it had forgotten are asked again.")
     still = result.get("still_leaking_after_training")
     if still:
         line += (f" {still} question(s) still gave the answer right after training; they were never forgotten, "
