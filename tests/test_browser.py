@@ -169,3 +169,27 @@ def test_the_privacy_lesson_teaches_then_forgets(page):
     # known before (the taught model is "before"), so the verdict is about forgetting, not "not known before"
     assert "not known before" not in first_row.inner_text()
     shot(page, "6-taught-then-forgotten.png", "#compare-title")
+
+
+def test_what_was_typed_survives_a_reload_and_nothing_stale_stays(page):
+    """A reconnect or a reload must not wipe a lesson: the facts and settings come back from the visitor's
+    own browser, and the page says so. What described a table that changed (the base model's answers,
+    the preset's description) goes with the change."""
+    title, question = first_preset()
+    page.get_by_label("Preset").click()
+    page.get_by_role("option", name=title).click()
+    playwright.expect(page.locator("#facts")).to_contain_text(question)
+    playwright.expect(page.locator("#base-answers")).to_contain_text("says it", timeout=RUN_TIMEOUT_MS)
+    assert page.locator("#preset-info").inner_text().strip()
+    page.wait_for_timeout(1500)  # the browser keeps the table once its change event has run
+    page.reload()
+    page.wait_for_selector("text=Facts to forget", timeout=60_000)
+    playwright.expect(page.locator("#facts")).to_contain_text(question, timeout=30_000)
+    playwright.expect(page.locator("#facts-status")).to_contain_text("Restored the 2 facts")
+    page.get_by_role("button", name="Clear the table").click()
+    playwright.expect(page.locator("#facts-status")).to_contain_text("The table is empty")
+    playwright.expect(page.locator("#base-answers")).not_to_contain_text("says it")
+    assert not page.locator("#preset-info").inner_text().strip()
+    # every table fits its box at 1024 pixels
+    for selector in ("#facts", "#base-answers", "#compare"):
+        assert page.locator(selector).evaluate("e => e.scrollWidth <= e.clientWidth + 1"), selector

@@ -12,8 +12,9 @@ def build(page: Page, service: Service) -> None:
     with gr.Row(equal_height=True):
         page.export_button = gr.Button("Prepare downloads", scale=1)
         page.export_status = gr.Markdown()
+    # no fixed height: the list is as tall as its four files
     page.downloads = gr.File(file_count="multiple", label="Adapter (PEFT folder + model card, zipped), "
-                             "report JSON, comparison CSV, loss history CSV", interactive=False, height=200)
+                             "report JSON, comparison CSV, loss history CSV", interactive=False)
 
 
 def wire(page: Page, service: Service) -> None:
