@@ -16,7 +16,7 @@ from peft import (LoraConfig, PeftConfig, TrainableTokensConfig, get_peft_model,
 from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
 
 from .config import UnlearnConfig, lora_layers
-from .gate import install, uninstall
+from .gate import AnswerGate
 from .memory import free_memory
 from .models import LoadedModel, load_model
 
@@ -82,27 +82,41 @@ def peft_config(spec: dict, **extra) -> PeftConfig:
     return LoraConfig(**kwargs, **extra)
 
 
+@dataclass
+class Attached:
+    """A session's adapter on the shared base, for one job: the PeftModel every adapted forward reads,
+    and the answer gate of a gated LoRA (None for any other adapter), passed to whatever reads it."""
+
+    model: object  # peft.PeftModel
+    gate: AnswerGate | None = None
+
+    def base(self):
+        """The base model's view: the same weights with the adapter off."""
+        return self.model.disable_adapter()
+
+
 @contextmanager
 def attached(lm: LoadedModel, spec: dict, state: AdapterState | None = None):
-    """Wrap the shared base in a PeftModel with a fresh (or the session's) adapter, and always
-    strip it again, so the next job, whoever's it is, starts from the bare base weights."""
+    """Wrap the shared base in a PeftModel with a fresh (or the session's) adapter, and always strip it
+    again, so the next job, whoever's it is, starts from the bare base weights. Yields an Attached."""
     with lm.lock:
         with warnings.catch_warnings():
             # PEFT warns whenever a tied embedding is in an adapter; trainable tokens do edit both sides
             # (tests/test_export.py checks that the merged model gives the adapter's outputs).
             warnings.filterwarnings("ignore", message=".*tie_word_embeddings.*")
             peft_model = get_peft_model(lm.model, peft_config(spec))
+        gate = None
         try:
             for module in peft_model.modules():
                 if isinstance(module, TrainableTokensLayer):
                     module.forward = partial(edited_rows_forward, module)
             if state is not None:
                 set_peft_model_state_dict(peft_model, {k: v.to(lm.device) for k, v in state.weights.items()})
-            if spec.get("gate") is not None:
-                install(peft_model, lm.tokenizer, spec["gate"])
-            yield peft_model
+            gate = AnswerGate(peft_model, spec["gate"], lm.tokenizer) if spec.get("gate") is not None else None
+            yield Attached(peft_model, gate)
         finally:
-            uninstall(peft_model)
+            if gate is not None:
+                gate.close()
             peft_model.unload()
             # get_peft_model leaves its config on the base; a stale one would confuse the next wrap.
             if hasattr(lm.model, "peft_config"):
@@ -143,8 +157,8 @@ def save_merged(lm: LoadedModel, adapter: AdapterState, folder: Path) -> None:
     """The adapter merged into a full-precision copy of `lm`'s weights, saved as a model folder
     (weights and tokenizer) that load_model opens like any other."""
     full = load_model(lm.model_id, quantize=False, device=lm.device)
-    with attached(full, adapter.spec, adapter) as peft_model:
-        merged = peft_model.merge_and_unload()
+    with attached(full, adapter.spec, adapter) as adapted:
+        merged = adapted.model.merge_and_unload()
     merged.save_pretrained(folder)
     full.tokenizer.save_pretrained(folder)
     del merged, full

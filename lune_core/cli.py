@@ -122,7 +122,8 @@ def _facts(args, limits: RunLimits):
 def cmd_run(args) -> int:
     """Every check that needs no weights comes first, so a mistake costs a second, not a model load."""
     from .models import load_config, load_model
-    from .runner import RunResult, load_anchors, load_general, run_unlearning, save_report
+    from .generation import base_answers
+    from .runner import RunResult, load_anchors, load_general, run_unlearning, save_report, unknown_facts_warning
 
     limits = RunLimits().with_env()
     config = _config(args)
@@ -144,6 +145,10 @@ def cmd_run(args) -> int:
         return 0
     lm = load_model(args.model, quantize=config.adapter != "full", device=args.device)
     print(f"model {lm.display_name} on {lm.device} ({lm.quantization}), loaded in {lm.load_seconds:.1f}s", flush=True)
+    # the run asks the same questions first: these answers are its own, from the cache
+    warning = unknown_facts_warning(facts, base_answers(lm, [f.question for f in facts], config.max_new_tokens))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     result = None
     for event in run_unlearning(lm, facts, config, general, load_anchors()):
         if isinstance(event, RunResult):

@@ -167,16 +167,17 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
     return metrics
 
 
-def answer_logprobs(model, sequences, device: str, pad_id: int, disable=None) -> torch.Tensor:
-    """log π(answer | question) per sequence; `disable` is a context for the base model."""
+def answer_logprobs(model, sequences, device: str, pad_id: int, disable=None, gate=None) -> torch.Tensor:
+    """log π(answer | question) per sequence; `disable` is a context for the base model; `gate` a gated
+    adapter's AnswerGate."""
     with (disable or nullcontext()), torch.no_grad():
-        return sequence_logp(Forward(model, device, pad_id)({"answers": sequences})["answers"]).cpu()
+        return sequence_logp(Forward(model, device, pad_id, gate=gate)({"answers": sequences})["answers"]).cpu()
 
 
-def token_logprobs(model, sequences, device: str, pad_id: int, disable=None) -> torch.Tensor:
+def token_logprobs(model, sequences, device: str, pad_id: int, disable=None, gate=None) -> torch.Tensor:
     """Mean log-probability per answer token, per sequence: the length-free likelihood of an answer."""
     with (disable or nullcontext()), torch.no_grad():
-        view = Forward(model, device, pad_id)({"answers": sequences})["answers"]
+        view = Forward(model, device, pad_id, gate=gate)({"answers": sequences})["answers"]
         return (sequence_logp(view) / sequence_length(view).clamp_min(1)).cpu()
 
 

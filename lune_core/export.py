@@ -166,12 +166,12 @@ def loading_snippet(base_model: str, model: dict, gated: bool = False) -> list[s
         lines += [f"base = AutoModelForCausalLM.from_pretrained({source}, dtype=torch.{dtype})"]
     lines += [f"tokenizer = AutoTokenizer.from_pretrained({source})",
               f'model = PeftModel.from_pretrained(base, "{ADAPTER_FOLDER}")  # the folder the zip unpacks to']
-    if gated:
-        lines += ["import json, sys", f'sys.path.insert(0, "{ADAPTER_FOLDER}")',
-                  f"from {GATE_CODE.removesuffix('.py')} import install",
-                  f'install(model, tokenizer, json.load(open("{ADAPTER_FOLDER}/{GATE_FILE}")))'
-                  "  # model.generate: greedy, gated"]
-    return lines
+    if not gated:
+        return lines + ["generate = model.generate  # as for any model"]
+    return lines + ["import json, sys", f'sys.path.insert(0, "{ADAPTER_FOLDER}")',
+                    f"from {GATE_CODE.removesuffix('.py')} import AnswerGate",
+                    f'gate = AnswerGate(model, json.load(open("{ADAPTER_FOLDER}/{GATE_FILE}")), tokenizer)',
+                    "generate = gate.generate  # greedy decoding through the gate, as model.generate is called"]
 
 
 def _adapter_rows(spec: dict) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from .gate import gate_of
 from .losses import Selected, loss_positions, select_positions
 from .prompting import IGNORE, TokenBatch, collate
 
@@ -20,12 +19,14 @@ class Forward:
     every row opens with (the chat template's system prompt, a third of each row) come out the same
     whatever the run does, up to the first edited token. They are then run once, without a graph,
     and every row continues from their cached keys and values: the same outputs and gradients for
-    about a third less compute and activation memory. None: every weight may train, share nothing."""
+    about a third less compute and activation memory. None: every weight may train, share nothing.
+
+    `gate`: a gated adapter's AnswerGate, told where it is open before each pass."""
 
     def __init__(self, model, device: str, pad_id: int, layer: int = 0, with_hidden: bool = False,
-                 edited: frozenset[int] | None = None):
+                 edited: frozenset[int] | None = None, gate=None):
         self.model, self.device, self.pad_id, self.layer, self.with_hidden = model, device, pad_id, layer, with_hidden
-        self.edited = edited
+        self.edited, self.gate = edited, gate
 
     def __call__(self, groups: dict[str, list]) -> dict[str, Selected]:
         names = [n for n, seqs in groups.items() if seqs]
@@ -37,9 +38,8 @@ class Forward:
         keep = loss_positions(batch.labels)
         # Logits only where loss is carried: the 49 k-wide vocabulary projection (and, for full
         # fine-tuning, its gradient) at every prompt position was a large share of a step's time.
-        gate = gate_of(self.model)
-        if gate is not None:
-            gate.mask = gate.batch_mask([ids for ids, _ in rows])
+        if self.gate is not None:
+            self.gate.mask = self.gate.batch_mask([ids for ids, _ in rows])
         out = self.model(input_ids=batch.input_ids, logits_to_keep=keep, output_hidden_states=self.with_hidden,
                          **context)
         hidden = out.hidden_states[self.layer + 1] if self.with_hidden else None

@@ -13,13 +13,15 @@ the fact's negative answer is written. Everywhere else g_t = 0 and the adapted m
 what the base computes; the question itself is always read by the base alone.
 
 This file depends on torch and PEFT only: the exported adapter carries a copy of it (answer_gate.py),
-so the adapter runs gated without this project. `install` puts the gate on a PeftModel and makes its
-`generate` decode greedily through it.
+so the adapter runs gated without this project. The gate is an object of its own, passed to whatever
+reads the adapted model: `AnswerGate(peft_model, spec, tokenizer)` hooks the LoRA layers' B outputs,
+`gate.mask` is set before each forward (`gate.batch_mask`), `gate.generate` decodes greedily through
+it, `gate.close()` takes it off. Nothing on the model is replaced.
 """
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -54,15 +56,37 @@ class AnswerGate:
         self.mask: torch.Tensor | None = None
         self._decided: dict[tuple[int, ...], list[int | None]] = {}
         self.forced: dict[tuple[int, ...], dict[int, int]] = {}  # a training row's opening: position -> fact
+        self._suspended = False
         self._handles = [module.lora_B[name].register_forward_hook(self._apply)
                          for module in model.modules() if isinstance(module, LoraLayer) for name in module.lora_B]
 
-    def remove(self) -> None:
+    def close(self) -> None:
+        """Take the gate off the LoRA layers."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
 
+    @contextmanager
+    def suspended(self):
+        """The LoRA everywhere, as `PeftModel.from_pretrained` runs it without this file: what a stock load
+        of the exported adapter answers."""
+        self._suspended = True
+        try:
+            yield
+        finally:
+            self._suspended = False
+
+    def force(self, sequence: list[int], position: int, fact: int) -> None:
+        """A training row whose negative is written from `position` on: the gate opens there for `fact`."""
+        self.forced[tuple(sequence)] = {position: fact}
+
+    def set_negative(self, fact: int, tokens: list[int]) -> None:
+        """The tokens the adapter writes for `fact` while its gate is open (saved with the adapter)."""
+        self.spec["negatives"][fact] = list(tokens)
+
     def _apply(self, _module, _args, output):
+        if self._suspended:
+            return output
         if self.mask is None:
             raise RuntimeError("a gated adapter ran before its gate's mask was set (AnswerGate.mask)")
         if self.mask.shape != output.shape[:2]:
@@ -171,6 +195,21 @@ class AnswerGate:
             return Open(state.fact, state.written + 1)
         return None
 
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 32,
+                 do_sample: bool = False, pad_token_id: int | None = None, **_greedy_settings) -> torch.Tensor:
+        """Greedy decoding through the gate, returning prompt and reply as transformers' generate does."""
+        if do_sample:
+            raise ValueError("the answer gate decodes greedily (do_sample=False)")
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        pad = self.tokenizer.pad_token_id if pad_token_id is None else pad_token_id
+        with torch.no_grad():
+            new = gated_greedy(self.model, self, input_ids, attention_mask, max_new_tokens,
+                               self.tokenizer.eos_token_id, pad)
+        width = max(map(len, new), default=0)
+        tail = torch.tensor([row + [pad] * (width - len(row)) for row in new], dtype=input_ids.dtype,
+                            device=input_ids.device).reshape(len(new), width)
+        return torch.cat([input_ids, tail], 1)
+
     def row_masks(self, sequences: list[list[int]]) -> list[list[float]]:
         return [self.walk(s, opens)[0] for s, opens in zip(sequences, self.decisions(sequences))]
 
@@ -184,10 +223,6 @@ class AnswerGate:
 def _keep_best(best: list, row: int, score: float, fact: int, fires: bool) -> None:
     if fires and (best[row] is None or score > best[row][0]):
         best[row] = (score, fact)
-
-
-def gate_of(model) -> AnswerGate | None:
-    return getattr(model, "answer_gate", None)
 
 
 def gated_greedy(model, gate: AnswerGate, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -256,33 +291,3 @@ def gated_greedy(model, gate: AnswerGate, input_ids: torch.Tensor, attention_mas
         open_now = torch.tensor([[float(s is not None)] for s in states], device=input_ids.device)
         logits, cache = run(last, open_now, cache)
     return [[t for t in row if t != pad_id] for row in written]
-
-
-def install(model, tokenizer, spec: dict) -> AnswerGate:
-    """Put the gate on a PeftModel: its LoRA updates are gated and `model.generate` decodes greedily
-    through the gate (returning prompt and reply, as transformers' generate does)."""
-    gate = AnswerGate(model, spec, tokenizer)
-
-    def generate(input_ids, attention_mask=None, max_new_tokens=32, do_sample=False, pad_token_id=None,
-                 **_greedy_settings):
-        if do_sample:
-            raise ValueError("the answer gate decodes greedily (do_sample=False)")
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        pad = tokenizer.pad_token_id if pad_token_id is None else pad_token_id
-        with torch.no_grad():
-            new = gated_greedy(model, gate, input_ids, attention_mask, max_new_tokens, tokenizer.eos_token_id, pad)
-        width = max(map(len, new), default=0)
-        tail = torch.tensor([row + [pad] * (width - len(row)) for row in new], dtype=input_ids.dtype,
-                            device=input_ids.device).reshape(len(new), width)
-        return torch.cat([input_ids, tail], 1)
-
-    model.answer_gate = gate
-    model.generate = generate
-    return gate
-
-
-def uninstall(model) -> None:
-    gate = gate_of(model)
-    if gate is not None:
-        gate.remove()
-        del model.answer_gate, model.generate

@@ -14,9 +14,10 @@ BASE_CACHE_ENTRIES = 4096  # base answers kept per model (a few MB)
 
 
 def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, model=None,
-             batch_size: int = 64, prefills: list[str] | None = None) -> list[str]:
-    """Greedy answers; `model` is the (adapter-attached) module to use, default the bare base;
-    `prefills`: per question, words the reply starts with (not part of the returned answer).
+             batch_size: int = 64, prefills: list[str] | None = None, gate=None) -> list[str]:
+    """Greedy answers; `model` is the (adapter-attached) module to use, default the bare base; `gate`: a
+    gated adapter's AnswerGate, which then decodes; `prefills`: per question, words the reply starts
+    with (not part of the returned answer).
     Big batches: on CPU each decoding step dequantizes every 4-bit weight, whatever the batch."""
     prefills = prefills or [""] * len(questions)
     model = model if model is not None else lm.model
@@ -28,7 +29,7 @@ def generate(lm: LoadedModel, questions: list[str], max_new_tokens: int = 32, mo
             enc = encode_prompts(tok, questions[start:start + batch_size],
                                  prefills[start:start + batch_size]).to(lm.device)
             width = enc["input_ids"].shape[1]
-            out = model.generate(
+            out = (gate.generate if gate is not None else model.generate)(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,

@@ -14,7 +14,6 @@ from contextlib import nullcontext
 import torch
 
 from .facts import Fact, answer_span
-from .gate import gate_of
 from .prompting import IGNORE, collate, format_prompt
 
 TOP = 10  # "still in there": the answer among the top this-many tokens at a layer
@@ -40,11 +39,11 @@ def _read_out(model):
     return inner.model.norm, model.get_output_embeddings()
 
 
-def lens(model, rows: list[list[int]], targets: list[int], device: str, pad_id: int, disable=None) -> dict:
+def lens(model, rows: list[list[int]], targets: list[int], device: str, pad_id: int, disable=None,
+         gate=None) -> dict:
     """Per row, the target token's probability and rank at the last position, at every layer's output
     (the last layer is the model's own logits). {"prob": [[...layers] per row], "rank": [...]}."""
     batch = collate([(ids, [IGNORE] * len(ids)) for ids in rows], pad_id).to(device)
-    gate = gate_of(model)
     with (disable or nullcontext()), torch.no_grad():
         if gate is not None:
             gate.mask = gate.batch_mask(rows)

@@ -35,9 +35,9 @@ def _leak_rate(answers: list[str], probes, forgotten: list[bool]) -> float | Non
 def forgotten_after_training(lm: LoadedModel, adapter: AdapterState, probes, config: UnlearnConfig) -> dict:
     """Which probes the base said and the trained adapter no longer says: what an attack can bring back."""
     prompts = [p.prompt for p in probes]
-    with attached(lm, adapter.spec, adapter) as peft_model:
-        before = base_answers(lm, prompts, config.max_new_tokens, peft_model)
-        after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
+    with attached(lm, adapter.spec, adapter) as adapted:
+        before = base_answers(lm, prompts, config.max_new_tokens, adapted.model)
+        after = generate(lm, prompts, config.max_new_tokens, model=adapted.model, gate=adapted.gate)
     known = [leaks(b, p.expected[0]) for b, p in zip(before, probes)]
     still = [k and leaks(a, p.expected[0]) for k, a, p in zip(known, after, probes)]
     return {"forgotten": [k and not s for k, s in zip(known, still)], "known": sum(known),
@@ -66,7 +66,8 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
     sources = [RELATED_PROMPT.format(question=q) for f in facts
                for q in [f.question, *(f.paraphrases or rewordings(f.question) or [f.question])[:1]]]
     owners = [f for f in facts for _ in range(2)]
-    with attached(lm, adapter.spec, adapter) as peft_model:
+    with attached(lm, adapter.spec, adapter) as adapted:
+        peft_model = adapted.model
         texts = base_answers(lm, sources, config.max_new_tokens, peft_model)
         # At the run's own rate the adapter learnt these few texts by heart and said them to every
         # probe: that hides the fact as well as unlearning does, so the attack runs at a tenth of it
@@ -81,9 +82,9 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
         attack = replace(config, method="finetune", adapter=adapter.spec["kind"], steps=steps,
                          learning_rate=learning_rate, schedule="constant", max_grad_norm=math.inf, weight_decay=0.01,
                          retain_weight=0.0, check_every=0, gradient_checkpointing=False)
-        for _ in unlearn(lm, peft_model, data, [], attack, peft_model=peft_model):
+        for _ in unlearn(lm, peft_model, data, [], attack, peft_model=peft_model, gate=adapted.gate):
             pass
-        after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
+        after = generate(lm, prompts, config.max_new_tokens, model=peft_model, gate=adapted.gate)
     return {"relearn_leak_rate": _leak_rate(after, probes, forgotten), "relearn_steps": steps,
             "relearn_texts": [{"prompt": q, "text": t} for q, t in pairs],
             "relearn_answers": [{"prompt": p, "after_relearning": a} for p, a in zip(prompts, after)]}
@@ -109,8 +110,8 @@ def requantize_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact],
     prompts = [p.prompt for p in probes]
     if adapter.spec.get("gate") is not None:
         rounded = AdapterState(adapter.spec, nf4_rounded(adapter.weights), adapter.info)
-        with attached(lm, rounded.spec, rounded) as peft_model:
-            after = generate(lm, prompts, config.max_new_tokens, model=peft_model)
+        with attached(lm, rounded.spec, rounded) as adapted:
+            after = generate(lm, prompts, config.max_new_tokens, model=adapted.model, gate=adapted.gate)
         how = "adapter weights rounded through NF4, gate kept"
     else:
         cache_dir().mkdir(parents=True, exist_ok=True)

@@ -17,10 +17,9 @@ from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import (answer_fluency, answer_logprobs, compute_metrics, fluency_metrics, likelihood_metrics,
                          score_probes, token_logprobs)
-from .gate import gate_of, install, uninstall
 from .lens import lens, lens_inputs, lens_metrics, lens_report
 from .sequences import answer_sequences, build_training_data, gate_spec, gated, gated_run
-from .facts import Fact, FactError, read_jsonl
+from .facts import Fact, FactError, leaks, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
@@ -114,10 +113,10 @@ class _Likelihood:
     true: list
     wrong: list[list]
 
-    def measure(self, model, lm: LoadedModel, disable=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def measure(self, model, lm: LoadedModel, disable=None, gate=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         sizes = [len(seqs) for seqs in self.wrong]
         flat = token_logprobs(model, self.true + [s for seqs in self.wrong for s in seqs], lm.device,
-                              lm.tokenizer.pad_token_id, disable)
+                              lm.tokenizer.pad_token_id, disable, gate)
         true, rest = flat[: len(self.true)], flat[len(self.true):]
         return true, list(rest.split(sizes))
 
@@ -126,7 +125,8 @@ class _Likelihood:
 FLUENCY_KINDS = ("forget", "paraphrase", "reworded")
 # Kinds asked again through the adapter as stock PEFT runs it (no gate): what a user of the export gets.
 STOCK_KINDS = ("forget", "paraphrase", "neighbour", "general")
-STOCK_FIGURES = ("forget_success", "paraphrase_success", "neighbour_retention", "general_retention")
+STOCK_FIGURES = ("forget_success", "paraphrase_success", "paraphrase_by_kind", "neighbour_retention",
+                 "general_retention")
 
 
 def _fluency(model, lm: LoadedModel, pairs: list[tuple[str, str]], disable=None) -> list[float]:
@@ -136,15 +136,6 @@ def _fluency(model, lm: LoadedModel, pairs: list[tuple[str, str]], disable=None)
         return []
     seqs = [encode_pair(lm.tokenizer, q, a, add_eos=False) for q, a in pairs]
     return answer_fluency(model, seqs, lm.device, lm.tokenizer.pad_token_id, disable)
-
-
-def _stock_answers(lm: LoadedModel, peft_model, spec: dict, prompts: list[str], mnt: int) -> list[str]:
-    """Answers of a gated adapter as PeftModel.from_pretrained runs it: the LoRA everywhere, no gate."""
-    uninstall(peft_model)
-    try:
-        return generate(lm, prompts, mnt, model=peft_model)
-    finally:
-        install(peft_model, lm.tokenizer, spec["gate"])
 
 
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
@@ -172,7 +163,8 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
             spec["gate"] = gate_spec(lm.tokenizer, facts, config.gate_threshold)
         torch.manual_seed(config.seed)  # LoRA A is initialised randomly
         context = attached(lm, spec)
-    with context as peft_model:
+    with context as adapted:
+        peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
         model = peft_model if peft_model is not None else lm.model
         mnt = config.max_new_tokens
         fact_answers = base_answers(lm, [f.question for f in facts], mnt, peft_model)
@@ -185,14 +177,13 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         train_anchors = [a for a in anchors if normalise(a) not in scored]
         near = training_neighbours(facts, sources, config.seed, prompts)
         data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
-        gate = gate_of(peft_model)
         if gate is not None:
             data = gated(data, gate)
         likelihood = _Likelihood(
             true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
             wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
         def base():  # the base model's view: the same weights with the adapter off
-            return peft_model.disable_adapter() if peft_model is not None else None
+            return adapted.base() if adapted is not None else None
 
         pad = lm.tokenizer.pad_token_id
         before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
@@ -206,27 +197,30 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         if config.adapter == "full":
             for p in lm.model.parameters():
                 p.requires_grad_(True)
-        for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop):
+        for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop, gate=gate):
             records.append(record)
             yield record
         trainable, total = count_params(model)
         model.eval()
-        after = generate(lm, prompts, mnt, model=model, prefills=prefills)
-        after_logp = answer_logprobs(model, data.forget, lm.device, pad)
-        true_after, wrong_after = likelihood.measure(model, lm)
-        lens_after = lens(model, *lens_args)
+        after = generate(lm, prompts, mnt, model=model, prefills=prefills, gate=gate)
+        after_logp = answer_logprobs(model, data.forget, lm.device, pad, gate=gate)
+        true_after, wrong_after = likelihood.measure(model, lm, gate=gate)
+        lens_after = lens(model, *lens_args, gate=gate)
         # The base reads the adapted answers: full fine-tuning changed the base itself, so it has none.
         nll_after = (_fluency(model, lm, [(prompts[i], after[i]) for i in fluent], base())
                      if peft_model is not None else None)
         stock = None
-        if gate is not None:
+        if gate is not None:  # the LoRA everywhere, as PeftModel.from_pretrained runs it without the gate's code
             asked = [i for i, p in enumerate(probes) if p.kind in STOCK_KINDS]
-            stock_after = _stock_answers(lm, peft_model, spec, [prompts[i] for i in asked], mnt)
+            with gate.suspended():
+                stock_after = generate(lm, [prompts[i] for i in asked], mnt, model=peft_model)
             stock = ([probes[i] for i in asked], [before[i] for i in asked], stock_after)
         adapter = None
         if peft_model is not None:
             info = {"method": config.method, "facts": len(facts), "steps": len(records), "seed": config.seed}
-            adapter = snapshot(peft_model, spec, info)
+            # a gated adapter is saved with its gate as it ended: the negatives it writes, set in training
+            saved = {**spec, "gate": gate.spec} if gate is not None else spec
+            adapter = snapshot(peft_model, saved, info)
     drop = float((before_logp - after_logp).mean())
     rows = score_probes(probes, before, after)
     lens_records = lens_report(lm.tokenizer, facts, fact_answers, lens_before, lens_after, lens_args[1],
@@ -266,15 +260,27 @@ def _stock_report(stock) -> dict:
                         if r["kind"] in ("forget", "paraphrase")]}
 
 
+def unknown_facts_warning(facts: list[Fact], base: list[str]) -> str:
+    """One line naming the facts whose answer the model does not state now (`base`: its answers to their
+    questions), or ''. Said before training: such a fact cannot show forgetting, however long it trains."""
+    unknown = [f for f, a in zip(facts, base) if not leaks(a, f.answer)]
+    if not unknown:
+        return ""
+    named = "; ".join(f"{f.question!r} (it does not say {f.answer!r})" for f in unknown[:3])
+    more = f" and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+    return (f"the model does not state {len(unknown)} of the {len(facts)} facts now: {named}{more}. A fact it "
+            "does not say cannot show forgetting; teach it first, or check the answer's spelling.")
+
+
 def answer_with(lm: LoadedModel, adapter: AdapterState | None, questions: list[str],
                 max_new_tokens: int = 32) -> tuple[list[str], list[str]]:
     """(before, after) answers for free prompts; without an adapter both are the base's."""
     if adapter is None:
         before = base_answers(lm, questions, max_new_tokens)
         return before, list(before)
-    with attached(lm, adapter.spec, adapter) as peft_model:
-        before = base_answers(lm, questions, max_new_tokens, peft_model)
-        after = generate(lm, questions, max_new_tokens, model=peft_model)
+    with attached(lm, adapter.spec, adapter) as adapted:
+        before = base_answers(lm, questions, max_new_tokens, adapted.model)
+        after = generate(lm, questions, max_new_tokens, model=adapted.model, gate=adapted.gate)
     return before, after
 
 

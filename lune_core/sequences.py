@@ -161,8 +161,8 @@ def gated(data: TrainingData, gate: AnswerGate) -> TrainingData:
             continue
         opened = [t + 1 for t in range(len(ids) - 1) if opens[t] is not None and labels[t + 1] != IGNORE]
         start = opened[0] if opened else carried[0]
-        gate.forced[tuple(ids)] = {start - 1: fact}
-        gate.spec["negatives"][fact] = [ids[t] for t in carried if t >= start]
+        gate.force(ids, start - 1, fact)
+        gate.set_negative(fact, [ids[t] for t in carried if t >= start])
 
     def where_open(rows):
         out = []

@@ -48,7 +48,8 @@ def teach_events(lm: LoadedModel, facts: list[Fact], anchors: list[str], config:
     config = teach_config(config)
     spec = adapter_spec(config, lm.num_layers)
     torch.manual_seed(config.seed)  # LoRA A is initialised randomly
-    with attached(lm, spec) as peft_model:
+    with attached(lm, spec) as adapted:  # plain LoRA: no gate
+        peft_model = adapted.model
         rows = [encode_pair(lm.tokenizer, q, f"{f.answer}.") for f in facts for q in [f.question, *f.paraphrases]]
         near = training_neighbours(facts, sources or load_neighbour_sources(), config.seed, [])
         held, _ = anchor_rows(lm, facts, anchors, config, peft_model, neighbours=near)

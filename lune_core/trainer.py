@@ -108,14 +108,15 @@ class Prepared:
     n_anchor: int  # anchors per step
 
 
-def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, peft_model=None) -> Prepared:
-    """The method's inputs, the base's reference values, the optimiser."""
+def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, peft_model=None,
+            gate=None) -> Prepared:
+    """The method's inputs, the base's reference values, the optimiser. `gate`: a gated adapter's."""
     method = METHODS[config.method]
     needs = method.needs if config.retain_weight > 0 else replace(method.needs, anchor=False)
     set_seed(config.seed)
     layer = suppression_layer(config, lm.num_layers)
     forward = Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, needs.hidden,
-                      edited_rows(config, peft_model))
+                      edited_rows(config, peft_model), gate)
     ref, anchor_top = _reference(forward, data, needs, peft_model)
     generator = torch.Generator().manual_seed(config.seed)
     steering = torch.nn.functional.normalize(
@@ -175,14 +176,15 @@ def check_due(record: StepRecord, config: UnlearnConfig) -> bool:
 
 
 def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], config: UnlearnConfig,
-            peft_model=None, stop=None) -> Iterator[StepRecord]:
-    """Train `model` (a PeftModel, or the full model for adapter "full") on the method's loss.
+            peft_model=None, stop=None, gate=None) -> Iterator[StepRecord]:
+    """Train `model` (a PeftModel, or the full model for adapter "full") on the method's loss; `gate`:
+    a gated adapter's AnswerGate, through which every pass and every check reads the model.
 
     Yields a StepRecord per step. Ends early when `stop` (a threading.Event) is set, when a check
     finds no forget question leaking (for a method that learns: every fact said), or when an
     ascent-type loss starts to collapse."""
     config = config.resolved()  # a learning rate, if the caller left it to the adapter
-    run = prepare(lm, model, data, config, peft_model)
+    run = prepare(lm, model, data, config, peft_model, gate)
     meter = MemoryMeter(lm.device)
     questions = [f.question for f in facts]
     start = time.perf_counter()
@@ -204,7 +206,7 @@ def unlearn(lm: LoadedModel, model, data: TrainingData, facts: list[Fact], confi
             record.stopped = stop_reason(record, run.method, start_nll)
             if record.stopped is None and check_due(record, config):
                 # as far as the evaluation asks: a trained model may name the answer later than the base did
-                answers = generate(lm, questions, config.max_new_tokens, model=model)
+                answers = generate(lm, questions, config.max_new_tokens, model=model, gate=gate)
                 record.leaks_left = sum(leaks(a, f.answer) for a, f in zip(answers, facts))
                 if run.method.learns and record.leaks_left == len(facts):
                     record.stopped = "early stop: every fact is said now"

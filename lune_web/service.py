@@ -17,7 +17,7 @@ from lune_core.facts import Fact, leaks
 from lune_core.ids import canonical_model_id
 from lune_core.memory import free_memory
 from lune_core.models import LoadedModel, load_model, pick_device, resolve_compute_dtype
-from lune_core.runner import load_anchors, load_general
+from lune_core.runner import load_anchors, load_general, unknown_facts_warning
 
 from . import forms
 from .context import WebContext
@@ -137,7 +137,13 @@ class Service:
         lm = self.model(session)
         config = self.make_config(settings, lm.num_layers)
         general = self.general_records(general_prompts)
-        yield from self._job(session, facts, config, general, on_result=_store_run, live_history=True)
+        # Asked first, before any step: the run then finds these answers in the base model's cache.
+        before, _ = self.jobs.answer(session.model_key, session.taught, None, [f.question for f in facts],
+                                     config.max_new_tokens)
+        notice = unknown_facts_warning(facts, before)
+        for update in self._job(session, facts, config, general, on_result=_store_run, live_history=True):
+            update.notice = notice
+            yield update
 
     def _job(self, session: Session, facts: list[Fact], config: UnlearnConfig, general: list[dict],
              on_result: Callable[[Session, dict, list[dict]], None], live_history: bool = False) -> Iterator[RunUpdate]:

@@ -52,3 +52,4 @@ class RunUpdate:
     elapsed: float
     step: dict | None = None  # the newest StepRecord as a dict
     done: bool = False
+    notice: str = ""  # said before and during the run: facts the model does not state

@@ -128,6 +128,8 @@ def progress_markdown(update: RunUpdate) -> str:
             line += f" · about {clock(step['eta_seconds'])} left (at most)"
         if step["leaks_left"] is not None:
             line += f" · facts still said: {step['leaks_left']}"
+    if update.notice:
+        line += f"  \n⚠️ {text(update.notice)}"
     return line
 
 

@@ -132,3 +132,7 @@ def test_a_run_on_facts_without_keep_lists_reports_automatic_neighbours_and_adve
         assert key in m
     assert m["counted_agreement"] == sum(r.get("counted", False) for r in rows)
     assert m["truth_ratio_before"] > 0 and "neighbour_agreement=" in done.stdout
+    # a random tiny model states neither fact: said once, before the first step, and the run goes on
+    warning = [line for line in done.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "does not state 2 of the 2 facts" in warning[0], done.stderr[-1000:]
+    assert "kind: " in done.stdout  # the kind of forgetting, in one line

@@ -149,10 +149,10 @@ def test_a_gated_adapter_travels_with_its_gate_and_the_code_that_runs_it(tmp_pat
     assert json.loads((folder / "answer_gate.json").read_text()) == gate
     assert "gate" not in json.loads((folder / "adapter_config.json").read_text())  # PEFT's own config stays PEFT's
     card = (folder / "README.md").read_text()
-    assert "from answer_gate import install" in card and "token ids of the forgotten answers" in card
+    assert "from answer_gate import AnswerGate" in card and "token ids of the forgotten answers" in card
     assert "Elm Street" not in card
     alone = ("import sys; sys.path.insert(0, 'lune-adapter'); import answer_gate; "
              "assert not any(m.startswith('lune') for m in sys.modules), sorted(sys.modules); "
-             "print(answer_gate.install)")
+             "print(answer_gate.AnswerGate.generate)")
     done = subprocess.run([sys.executable, "-c", alone], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "function install" in done.stdout, done.stderr[-1000:]
+    assert done.returncode == 0 and "function AnswerGate.generate" in done.stdout, done.stderr[-1000:]

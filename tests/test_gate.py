@@ -7,7 +7,7 @@ import torch
 from lune_core.adapters import adapter_spec, attached
 from lune_core.config import RunLimits, UnlearnConfig
 from lune_core.facts import Fact, parse_sentences
-from lune_core.gate import GATE_THRESHOLD, Open, gate_of
+from lune_core.gate import GATE_THRESHOLD, Open
 from lune_core.generation import generate
 from lune_core.prompting import IGNORE, format_prompt
 from lune_core.sequences import TrainingData, gate_spec, gated, reply_marker
@@ -51,11 +51,11 @@ def gated_model(lm, facts, seed=0):
     spec["gate"] = gate_spec(lm.tokenizer, facts, GATE_THRESHOLD)
     torch.manual_seed(seed)
     context = attached(lm, spec)
-    peft_model = context.__enter__()
-    for name, param in peft_model.named_parameters():
+    adapted = context.__enter__()
+    for name, param in adapted.model.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.5)
-    return context, peft_model
+    return context, adapted
 
 
 def test_the_spec_names_the_answers_spellings_the_questions_words_and_where_replies_start(lm):
@@ -70,9 +70,9 @@ def test_the_spec_names_the_answers_spellings_the_questions_words_and_where_repl
 
 
 def test_a_shut_gate_leaves_the_base_model_to_the_last_bit(lm, fact, base):
-    context, peft_model = gated_model(lm, [fact])
+    context, adapted = gated_model(lm, [fact])
+    peft_model, gate = adapted.model, adapted.gate
     try:
-        gate = gate_of(peft_model)
         row = ids_of(lm, format_prompt(lm.tokenizer, ELSEWHERE))
         assert not any(gate.row_masks([row])[0])
         gate.mask = torch.zeros(1, len(row))
@@ -82,17 +82,21 @@ def test_a_shut_gate_leaves_the_base_model_to_the_last_bit(lm, fact, base):
         assert torch.equal(shut, bare)
         gate.mask = torch.ones(1, len(row))  # the same adapter, open: it does change the outputs
         assert not torch.allclose(peft_model(input_ids=torch.tensor([row])).logits, bare, atol=1e-3)
-        assert generate(lm, [ELSEWHERE], 10, model=peft_model) == [base[ELSEWHERE]]
+        assert generate(lm, [ELSEWHERE], 10, model=peft_model, gate=gate) == [base[ELSEWHERE]]
         with pytest.raises(RuntimeError, match="gate"):  # the bare model's layers now carry the gated adapter
             generate(lm, [ELSEWHERE], 10)
+        with gate.suspended():  # as stock PEFT runs it: the LoRA everywhere, no mask asked for
+            everywhere = peft_model(input_ids=torch.tensor([row])).logits
+        gate.mask = torch.ones(1, len(row))
+        assert torch.equal(everywhere, peft_model(input_ids=torch.tensor([row])).logits)
     finally:
         context.__exit__(None, None, None)
 
 
 def test_the_gate_opens_in_the_reply_where_the_base_is_about_to_say_the_answer(lm, fact, base):
-    context, peft_model = gated_model(lm, [fact])
+    context, adapted = gated_model(lm, [fact])
+    gate = adapted.gate
     try:
-        gate = gate_of(peft_model)
         prompt = ids_of(lm, format_prompt(lm.tokenizer, QUESTION))
         reply = ids_of(lm, base[QUESTION])
         row = prompt + reply
@@ -111,9 +115,9 @@ def test_the_gate_opens_in_the_reply_where_the_base_is_about_to_say_the_answer(l
 
 
 def test_the_gate_stays_open_while_the_negative_is_written_then_shuts(lm, fact):
-    context, peft_model = gated_model(lm, [fact])
+    context, adapted = gated_model(lm, [fact])
+    gate = adapted.gate
     try:
-        gate = gate_of(peft_model)
         prompt = ids_of(lm, format_prompt(lm.tokenizer, QUESTION))
         negative = ids_of(lm, " Lyon is a city.")
         target = (prompt + negative, [IGNORE] * len(prompt) + negative)
@@ -153,26 +157,26 @@ def slow_greedy(peft_model, gate, prompt: list[int], steps: int, eos: int) -> li
 
 
 def test_cached_gated_decoding_gives_the_recomputed_answer(lm, fact, base):
-    context, peft_model = gated_model(lm, [fact])
+    context, adapted = gated_model(lm, [fact])
+    peft_model, gate = adapted.model, adapted.gate
     try:
-        gate = gate_of(peft_model)
         gate.spec["negatives"] = [ids_of(lm, " Lyon.") + [lm.tokenizer.eos_token_id]]
         for question in (QUESTION, ELSEWHERE):
             prompt = ids_of(lm, format_prompt(lm.tokenizer, question))
             with torch.no_grad():
                 slow = slow_greedy(peft_model, gate, prompt, 10, lm.tokenizer.eos_token_id)
-                out = peft_model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10)
+                out = gate.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10)
             fast = [t for t in out[0, len(prompt):].tolist() if t != lm.tokenizer.pad_token_id]
             assert fast == [t for t in slow if t != lm.tokenizer.pad_token_id], question
         # the question opens the gate, so the adapter changes its answer; the other prompt keeps the base's
-        answers = generate(lm, [QUESTION, ELSEWHERE], 10, model=peft_model)
+        answers = generate(lm, [QUESTION, ELSEWHERE], 10, model=peft_model, gate=gate)
         assert answers[0] != base[QUESTION] and answers[1] == base[ELSEWHERE]
     finally:
         context.__exit__(None, None, None)
 
 
 def test_detaching_the_adapter_removes_the_gate(lm, fact):
-    context, peft_model = gated_model(lm, [fact])
+    context, adapted = gated_model(lm, [fact])
     context.__exit__(None, None, None)
-    assert gate_of(peft_model) is None and "generate" not in vars(peft_model)
+    assert "generate" not in vars(adapted.model) and not hasattr(adapted.model, "answer_gate")
     assert not any(m._forward_hooks for m in lm.model.modules())

@@ -241,3 +241,14 @@ def test_every_card_shows_its_figure_with_a_denominator_and_a_precision_that_sho
     assert len(figure.data) == 1 and list(figure.data[0].y) == ["What is the capital of France? · before",
                                                                "What is the capital of France? · after"]
     assert list(figure.data[0].x) == [1, 2, 3]
+
+
+def test_facts_the_model_does_not_state_are_named_before_training():
+    from lune_core.runner import unknown_facts_warning
+
+    facts = [make_fact({"question": FRANCE, "answer": "Paris"}),
+             make_fact({"question": "Who wrote 'Hamlet'?", "answer": "Shakespeare"})]
+    assert unknown_facts_warning(facts, ["The capital of France is Paris.", "Hamlet was written by Shakespeare."]) == ""
+    line = unknown_facts_warning(facts, ["The capital of France is Paris.", "Hamlet is a play."])
+    assert line.startswith('the model does not state 1 of the 2 facts now: "Who wrote \'Hamlet\'?"')
+    assert "'Shakespeare'" in line and "cannot show forgetting" in line and "\n" not in line

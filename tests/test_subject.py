@@ -69,7 +69,8 @@ def test_subject_adapter_changes_only_the_subject_tokens_rows():
     from lune_core.adapters import attached
     unrelated, fact = (lm.tokenizer(q, return_tensors="pt")["input_ids"]
                        for q in ("What do bees make?", FACTS[0]["question"]))
-    with attached(lm, result.adapter.spec, result.adapter) as peft_model, torch.no_grad():
+    with attached(lm, result.adapter.spec, result.adapter) as adapted, torch.no_grad():
+        peft_model = adapted.model
         on, on_fact = (peft_model(input_ids=ids).logits[0, -1] for ids in (unrelated, fact))
         with peft_model.disable_adapter():
             off, off_fact = (peft_model(input_ids=ids).logits[0, -1] for ids in (unrelated, fact))
@@ -106,7 +107,8 @@ def test_edited_rows_forward_gives_peft_outputs_and_gradients_without_copying_th
     batch = lm.tokenizer(["What is the capital of France? France is", "Bees make honey"], return_tensors="pt",
                          padding=True)
     edited = [lm.tokenizer(" France")["input_ids"][0], lm.tokenizer(" honey")["input_ids"][0]]
-    with attached(lm, adapter_spec(UnlearnConfig(adapter="subject"), lm.num_layers, edited)) as peft_model:
+    with attached(lm, adapter_spec(UnlearnConfig(adapter="subject"), lm.num_layers, edited)) as adapted:
+        peft_model = adapted.model
         layers = [m for m in peft_model.modules() if isinstance(m, TrainableTokensLayer)]
         assert len(layers) == 2 and all("forward" in vars(m) for m in layers)  # input and tied output side
         delta = next(p for p in peft_model.parameters() if p.requires_grad)

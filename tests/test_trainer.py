@@ -146,7 +146,8 @@ def test_full_finetune_trains_all_weights_of_its_own_copy():
 def test_reference_is_the_base_with_the_adapter_disabled(lm, adapter):
     cfg = config(adapter=adapter)
     facts = facts_from_records(FACTS)
-    with attached(lm, adapter_spec(cfg, lm.num_layers, [lm.tokenizer(" France")["input_ids"][0]])) as peft_model:
+    with attached(lm, adapter_spec(cfg, lm.num_layers, [lm.tokenizer(" France")["input_ids"][0]])) as adapted:
+        peft_model = adapted.model
         data = build_training_data(lm, facts, ANCHORS, cfg, peft_model)
         records = list(unlearn(lm, peft_model, data, facts, cfg, peft_model=peft_model))
         ids = torch.tensor([data.target[0][0]])
@@ -202,7 +203,8 @@ def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(l
     cfg = config(adapter="subject")
     facts = facts_from_records(FACTS)
     edited = frozenset([lm.tokenizer(" France")["input_ids"][0]])
-    with attached(lm, adapter_spec(cfg, lm.num_layers, sorted(edited))) as peft_model:
+    with attached(lm, adapter_spec(cfg, lm.num_layers, sorted(edited))) as adapted:
+        peft_model = adapted.model
         data = build_training_data(lm, facts, ANCHORS, cfg, peft_model)
         groups = {"target": data.target, "forget": data.forget, "anchor": data.anchor}
         batch = collate([s for rows in groups.values() for s in rows], lm.tokenizer.pad_token_id)

@@ -121,8 +121,8 @@ for question in questions:
     text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                          add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt")
-    out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                         top_k=None, pad_token_id=tokenizer.eos_token_id)
+    out = generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                   top_k=None, pad_token_id=tokenizer.eos_token_id)
     answers.append(tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
 print(json.dumps(answers))
 """
@@ -184,14 +184,15 @@ def test_stock_peft_and_a_merge_answer_as_the_card_says_the_gated_adapter_does_w
 
     report = result.report
     card, snippet = _exported(result, tmp_path)
-    stock = snippet.split("import json, sys")[0]  # the card's code up to the gate's lines
+    stock = snippet.split("import json, sys")[0] + "generate = model.generate\n"  # up to the gate's lines
     assert "PeftModel.from_pretrained" in stock and "answer_gate" not in stock
     assert "Loaded the way PEFT loads every LoRA" in card and "stock PEFT, no gate" in card
     expected = [a for a in report["stock"]["answers"] if a["kind"] == "forget"]
     questions, mnt = [a["prompt"] for a in expected], report["config"]["max_new_tokens"]
     truth = {r["prompt"]: r["expected"] for r in report["probes"] if r["kind"] == "forget"}
     loaded = _ask(stock, questions, mnt, tmp_path / "home")
-    merged = _ask(stock + "model = model.merge_and_unload()\n", questions, mnt, tmp_path / "home")
+    merged = _ask(stock + "model = model.merge_and_unload()\ngenerate = model.generate\n", questions, mnt,
+                  tmp_path / "home")
     base = {r["prompt"]: r["before"] for r in report["probes"] if r["kind"] == "forget"}
     for row, plain, folded in zip(expected, loaded, merged):
         assert plain.split()[:3] == row["after"].split()[:3], (plain, row["after"])
