@@ -370,6 +370,10 @@ COLUMNS = [  # header, summary key, digits
     ("top-10 layers", "lens_top10_layers_after", 1)]
 
 
+def _plain(value) -> str:
+    return "" if value is None else str(value)
+
+
 def _ratio(cell: dict) -> str:
     """A truth ratio at a precision that shows it: it lives anywhere from 1e-4 to 1e4."""
     if cell["mean"] is None:
@@ -459,7 +463,7 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
             *[_fmt(s.get(key, {"mean": None}), digits) for _, key, digits in COLUMNS], fluency,
             f"{_fmt(s['degenerate_rate'])} ({_fmt(s['degenerate_rate_before'])})", truth,
             f"{int(s['trainable_params']['mean'] or 0):,}", _fmt(s["seconds_per_step"]), _fmt(s["train_seconds"], 1),
-            _fmt(s["peak_memory_mb"], 0), str(v.get("peak_memory_mb", "")), str(v.get("seconds_per_step", "")),
+            _fmt(s["peak_memory_mb"], 0), _plain(v.get("peak_memory_mb")), _plain(v.get("seconds_per_step")),
             _fmt(s["relearn_leak_rate"]), _fmt(s["requant_leak_rate"])]) + " |")
     lines += ["", "## Targets (`lune`, default settings, facts never tuned on)"] + target_lines(results)
     lines += ["", "Notes on each method are in the section below, written after reading this table.", ""]

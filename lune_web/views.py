@@ -172,6 +172,13 @@ KIND_TITLES = {"forget": "The facts' own questions", "paraphrase": "The facts re
                "reworded": "The questions' form changed by rule", "adversarial": "Adversarial forms",
                "neighbour": "Neighbours: other facts that must stay right", "general": "Unrelated general questions"}
 COMPARE_EMPTY = "<div id='compare-empty'>The comparison appears here after a run.</div>"
+_ROW = re.compile(r"<tr data-kind='([^']*)' data-verdict='[^']*'>(.*?)</tr>", re.S)
+
+
+def comparison_prompts(shown: str, kind: str) -> list[str]:
+    """The prompts of one kind in a rendered comparison (comparison_html): what an API client reads back."""
+    return [html.unescape(re.sub(r"<[^>]+>", "", re.findall(r"<td>(.*?)</td>", row, re.S)[1]))
+            for k, row in _ROW.findall(shown) if k == kind]
 
 
 def comparison_html(rows: list[dict]) -> str:
@@ -202,7 +209,8 @@ def _compare_row(r: dict) -> str:
                                          if r.get("prefill") else "")
     cells = [html.escape(kind_label(r)), prompt, html.escape(r["expected"] or "(the base's own answer)"),
              html.escape(r["before"]), html.escape(r["after"])]
-    return (f"<tr data-verdict='{html.escape(r['verdict'])}'>" + "".join(f"<td>{c}</td>" for c in cells)
+    return (f"<tr data-kind='{html.escape(r['kind'])}' data-verdict='{html.escape(r['verdict'])}'>"
+            + "".join(f"<td>{c}</td>" for c in cells)
             + f"<td class='verdict' style='background-color: {colour}'>{html.escape(word)}</td></tr>")
 
 

@@ -37,7 +37,7 @@ def compare_rows(outputs) -> list[dict]:
 
     from lune_web.views import COMPARE_COLUMNS
 
-    rows = re.findall(r"<tr data-verdict='[^']*'>(.*?)</tr>", outputs[2], re.S)
+    rows = re.findall(r"<tr data-kind='[^']*' data-verdict='[^']*'>(.*?)</tr>", outputs[2], re.S)
     cells = [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
              for row in rows]
     return [dict(zip(COMPARE_COLUMNS, row)) for row in cells]

@@ -252,3 +252,17 @@ def test_facts_the_model_does_not_state_are_named_before_training():
     line = unknown_facts_warning(facts, ["The capital of France is Paris.", "Hamlet is a play."])
     assert line.startswith('the model does not state 1 of the 2 facts now: "Who wrote \'Hamlet\'?"')
     assert "'Shakespeare'" in line and "cannot show forgetting" in line and "\n" not in line
+
+
+def test_an_api_client_reads_the_prompts_of_a_kind_back_from_the_comparison():
+    from lune_web.views import comparison_html, comparison_prompts
+
+    rows = [{"kind": "forget", "subkind": "", "source": "", "prompt": "Who wrote <b>'Hamlet'</b>?", "prefill": "",
+             "expected": "Shakespeare", "before": "Shakespeare.", "after": "I don't know.", "verdict": "forgotten"},
+            {"kind": "general", "subkind": "", "source": "", "prompt": "What is 2+2?", "prefill": "",
+             "expected": "4", "before": "4", "after": "4", "verdict": "kept"}]
+    shown = comparison_html(rows)
+    assert "<b>'Hamlet'" not in shown  # every text escaped
+    assert comparison_prompts(shown, "forget") == ["Who wrote <b>'Hamlet'</b>?"]
+    assert comparison_prompts(shown, "general") == ["What is 2+2?"]
+    assert shown.index("The facts' own questions") < shown.index("Unrelated general questions")

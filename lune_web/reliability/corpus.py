@@ -320,7 +320,10 @@ def run_app_case(case: Case, client, rows: list[list[str]]) -> Outcome:
         _one_clear_line(plain(status), case.message, problems)
         if "<" in status:
             problems.append("raw HTML in the status line")
-        if not all(is_skip(value) for value in untouched):
+        if case.where == "ask":  # the answers beside a refused prompt were another prompt's: cleared, not kept
+            if any(value != "" for value in untouched):
+                problems.append("the previous prompt's answers stayed beside the warning")
+        elif not all(is_skip(value) for value in untouched):
             problems.append("an output other than the status changed")
         return Outcome(case, "app", not problems, plain(status), problems)
     if refused:

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ..views import comparison_prompts
 from . import corpus
 
 LONG_RUN = 5000  # steps: minutes even on a tiny model, unless something stops it (LUNE_MAX_STEPS must allow it)
@@ -53,7 +54,7 @@ def four_visitors(url: str, model: str, train: dict) -> dict:
     seconds = time.time() - started
     pages = []
     for i, (outputs, answers) in enumerate(results):
-        forget_rows = [r[1] for r in outputs[2]["data"] if r[0] == "forget"]
+        forget_rows = comparison_prompts(outputs[2], "forget")
         pages.append({
             "done": "Done" in outputs[1], "status": outputs[1],
             "own_fact_only": forget_rows == [QUESTIONS[i]],
