@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
+from lune_core.evaluation import flat_figures  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
@@ -111,16 +112,6 @@ def method_args(method: str, robustness: bool) -> list[str]:
     return args + (["--robustness"] if robustness else [])
 
 
-def flat(metrics: dict) -> dict:
-    """A run's metrics with each figure by sub-kind as a key of its own: paraphrase_by_kind["other_words"]
-    is paraphrase_other_words, neighbour_retention_by_kind["same_answer"] neighbour_retention_same_answer."""
-    out = dict(metrics)
-    for key, value in metrics.items():
-        if isinstance(value, dict) and key.endswith("_by_kind"):
-            out.update({f"{key.removesuffix('_by_kind')}_{sub}": v for sub, v in value.items()})
-    return out
-
-
 def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit: int | None, out: Path,
             robustness: bool = True) -> dict:
     facts_path = out.with_suffix(".facts.jsonl")
@@ -132,7 +123,7 @@ def run_one(method: str, facts: list[dict], seed: int, steps: int, general_limit
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return flat(json.loads(out.read_text())["metrics"])
+    return flat_figures(json.loads(out.read_text())["metrics"])
 
 
 def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: int, general_count: int,
@@ -152,7 +143,7 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
             == [(f["question"], f["answer"], f.get("replacement")) for f in facts]
             and sum(p["kind"] == "general" for p in saved.get("probes", [])) == general_count
             and (config["adapter"] == "full" or not robustness or saved.get("robustness") is not None))
-    return {"metrics": flat(metrics), "created": saved.get("created")} if same else None
+    return {"metrics": flat_figures(metrics), "created": saved.get("created")} if same else None
 
 
 def aggregate(values: list) -> dict:

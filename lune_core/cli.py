@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields
 
 from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
+from .evaluation import flat_figures
 from .facts import FactError, load_facts, parse_sentences, validate_facts
 from .ids import EMBEDDED_MODEL
 from .models import ModelLoadError, short_message
@@ -172,10 +173,10 @@ def cmd_run(args) -> int:
     return 0
 
 
-# The figures the last line prints, in the order a reader weighs them; "a/b" is metrics["a"]["b"].
-SUMMARY = ("forget_success", "forget_clean", "paraphrase_success", "paraphrase_by_kind/same_words",
-           "paraphrase_by_kind/other_words", "paraphrase_by_kind/other_language", "reworded_success",
-           "adversarial_success", "neighbour_retention", "neighbour_retention_by_kind/same_answer",
+# The figures the last line prints, in the order a reader weighs them (evaluation.flat_figures' names).
+SUMMARY = ("forget_success", "forget_clean", "paraphrase_success", "paraphrase_same_words",
+           "paraphrase_other_words", "paraphrase_other_language", "reworded_success",
+           "adversarial_success", "neighbour_retention", "neighbour_retention_same_answer",
            "neighbour_agreement", "general_retention", "spilled_answers", "truth_ratio_before", "truth_ratio_after",
            "fluency_before", "fluency_spread", "fluency_after", "lens_top10_layers_before", "lens_top10_layers_after",
            "answer_still_inside", "stock_forget_success", "stock_general_retention", "degenerate_rate",
@@ -183,16 +184,9 @@ SUMMARY = ("forget_success", "forget_clean", "paraphrase_success", "paraphrase_b
 
 
 def summary_line(metrics: dict) -> str:
-    """`name=value` for each SUMMARY figure the run has; a sub-kind is named `paraphrase_other_words`."""
-    out = []
-    for key in SUMMARY:
-        head, _, sub = key.partition("/")
-        if head not in metrics:
-            continue
-        value = metrics[head].get(sub) if sub else metrics[head]
-        name = f"{head.split('_by_kind')[0]}_{sub}" if sub else head
-        out.append(f"{name}={value}")
-    return " ".join(out)
+    """`name=value` for each SUMMARY figure the run has."""
+    figures = flat_figures(metrics)
+    return " ".join(f"{key}={figures[key]}" for key in SUMMARY if key in figures)
 
 
 def _quiet_libraries() -> None:

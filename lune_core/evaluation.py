@@ -167,18 +167,33 @@ def compute_metrics(rows: list[dict], logprob_drop: float | None, likelihood: di
     return metrics
 
 
+def flat_figures(metrics: dict) -> dict:
+    """The metrics with each figure by sub-kind as a key of its own: paraphrase_by_kind["other_words"] is
+    paraphrase_other_words, known_neighbour_by_kind["same_answer"] known_neighbour_same_answer. How the
+    command line, the page's cards and the benchmark's table name them."""
+    out = dict(metrics)
+    for key, value in metrics.items():
+        if isinstance(value, dict) and key.endswith("_by_kind"):
+            out.update({f"{key.removesuffix('_by_kind')}_{sub}": v for sub, v in value.items()})
+    return out
+
+
+def _answers_view(model, sequences, device: str, pad_id: int, disable=None, gate=None):
+    """One forward over (question, answer) sequences, no gradient: the answers' positions (Selected)."""
+    with (disable or nullcontext()), torch.no_grad():
+        return Forward(model, device, pad_id, gate=gate)({"answers": sequences})["answers"]
+
+
 def answer_logprobs(model, sequences, device: str, pad_id: int, disable=None, gate=None) -> torch.Tensor:
     """log π(answer | question) per sequence; `disable` is a context for the base model; `gate` a gated
     adapter's AnswerGate."""
-    with (disable or nullcontext()), torch.no_grad():
-        return sequence_logp(Forward(model, device, pad_id, gate=gate)({"answers": sequences})["answers"]).cpu()
+    return sequence_logp(_answers_view(model, sequences, device, pad_id, disable, gate)).cpu()
 
 
 def token_logprobs(model, sequences, device: str, pad_id: int, disable=None, gate=None) -> torch.Tensor:
     """Mean log-probability per answer token, per sequence: the length-free likelihood of an answer."""
-    with (disable or nullcontext()), torch.no_grad():
-        view = Forward(model, device, pad_id, gate=gate)({"answers": sequences})["answers"]
-        return (sequence_logp(view) / sequence_length(view).clamp_min(1)).cpu()
+    view = _answers_view(model, sequences, device, pad_id, disable, gate)
+    return (sequence_logp(view) / sequence_length(view).clamp_min(1)).cpu()
 
 
 def answer_fluency(model, sequences, device: str, pad_id: int, disable=None) -> list[float]:
@@ -186,9 +201,8 @@ def answer_fluency(model, sequences, device: str, pad_id: int, disable=None) -> 
     answer with its single most surprising token left out. A replacement's own word ("Osaka") is
     surprising by design; what must read naturally is the sentence around it. A spliced fragment, a
     foreign token or garble leaves more than one surprising token."""
-    with (disable or nullcontext()), torch.no_grad():
-        view = Forward(model, device, pad_id)({"answers": sequences})["answers"]
-        nll = (-token_logp(view)).tolist()
+    view = _answers_view(model, sequences, device, pad_id, disable)
+    nll = (-token_logp(view)).tolist()
     per_row: list[list[float]] = [[] for _ in range(view.n_rows)]
     for row, value in zip(view.rows.tolist(), nll):
         per_row[row].append(value)

@@ -10,6 +10,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from lune_core.config import UnlearnConfig
+from lune_core.evaluation import flat_figures
 from lune_core.losses import METHODS
 from lune_core.probes import KINDS as PROBE_KINDS
 
@@ -27,25 +28,25 @@ VERDICTS = {  # word, symbol and colour: the colour is never the only signal
     "not known before": ("– not known before", "#e5e7eb"), "wrong before": ("– wrong before", "#e5e7eb"),
     "no answer before": ("– no answer before", "#e5e7eb"), "looping before": ("– looping before", "#e5e7eb"),
 }
-# metric key, title, how to read it, format, the metric's value before (if any), how many prompts it is over.
-# A key "a/b" reads metrics["a"]["b"].
+# metric key (evaluation.flat_figures' names), title, how to read it, format, the metric's value before (if
+# any), how many prompts it is over.
 CARDS = [
     ("forget_success", "Forget success", "known facts no longer said (higher is better)", "pct", None,
      "known_forget"),
     ("forget_clean", "Forgotten cleanly", "no longer said, in an answer that is neither broken nor a fragment "
      "with a refusal spliced in", "pct", None, "known_forget"),
-    ("paraphrase_by_kind/same_words", "Rewordings, same words", "rewordings sharing a word with the question, "
-     "no longer said", "pct", None, "known_paraphrase_by_kind/same_words"),
-    ("paraphrase_by_kind/other_words", "Rewordings, other words", "rewordings sharing no word with the question: "
-     "only forgetting the fact, not its words, stops these", "pct", None, "known_paraphrase_by_kind/other_words"),
-    ("paraphrase_by_kind/other_language", "Rewordings, other language", "the question asked in another language, "
-     "no longer said", "pct", None, "known_paraphrase_by_kind/other_language"),
+    ("paraphrase_same_words", "Rewordings, same words", "rewordings sharing a word with the question, "
+     "no longer said", "pct", None, "known_paraphrase_same_words"),
+    ("paraphrase_other_words", "Rewordings, other words", "rewordings sharing no word with the question: "
+     "only forgetting the fact, not its words, stops these", "pct", None, "known_paraphrase_other_words"),
+    ("paraphrase_other_language", "Rewordings, other language", "the question asked in another language, "
+     "no longer said", "pct", None, "known_paraphrase_other_language"),
     ("adversarial_success", "Adversarial success", "cloze, multiple choice, 'Sure, the answer is', hints",
      "pct", None, "known_adversarial"),
     ("neighbour_retention", "Neighbour retention", "the facts' neighbours still right, and saying no forgotten "
      "fact's replacement or refusal", "pct", None, "known_neighbour"),
-    ("neighbour_retention_by_kind/same_answer", "Same-answer facts kept", "other facts whose answer is the "
-     "forgotten word (the Louvre is still in Paris)", "pct", None, "known_neighbour_by_kind/same_answer"),
+    ("neighbour_retention_same_answer", "Same-answer facts kept", "other facts whose answer is the "
+     "forgotten word (the Louvre is still in Paris)", "pct", None, "known_neighbour_same_answer"),
     ("neighbour_agreement", "Automatic neighbours unchanged", "questions made up around the facts, with no "
      "right answer on file: the share still saying what the base said (unchanged, not checked right)",
      "pct", None, "counted_agreement"),
@@ -214,16 +215,6 @@ def _compare_row(r: dict) -> str:
             + f"<td class='verdict' style='background-color: {colour}'>{html.escape(word)}</td></tr>")
 
 
-def metric(metrics: dict, key: str | None):
-    """metrics[key], or metrics[a][b] for a key "a/b"; None when absent."""
-    if not key:
-        return None
-    value = metrics
-    for part in key.split("/"):
-        value = value.get(part) if isinstance(value, dict) else None
-    return value
-
-
 def number(value, kind: str) -> str:
     """A figure at a precision that shows it: shares in %, ratios far from 1 in scientific notation."""
     if value is None:
@@ -237,19 +228,19 @@ def number(value, kind: str) -> str:
 
 def cards_html(metrics: dict | None) -> str:
     def before(key, kind):
-        value = metric(metrics, key)
+        value = metrics.get(key)
         spread = metrics.get("fluency_spread") if key == "fluency_before" else None
         return "" if value is None else f" · before: {number(value, kind)}" + (
             f" ± {spread:.2f}" if spread is not None else "")
 
     def over(key):  # a share of one prompt reads differently from a share of fifty
-        n = metric(metrics, key)
+        n = metrics.get(key)
         word = COUNTED.get(key, "prompt")
         return "" if n is None else f" · of {n} {word}{'' if n == 1 else 's'}"
 
-    metrics = metrics or {}
+    metrics = flat_figures(metrics or {})
     cards = "".join(
-        f"<div class='card'><div class='title'>{title}</div><div class='value'>{number(metric(metrics, key), kind)}"
+        f"<div class='card'><div class='title'>{title}</div><div class='value'>{number(metrics.get(key), kind)}"
         f"</div><div class='hint'>{hint}{over(count)}{before(base, kind)}</div></div>"
         for key, title, hint, kind, base, count in CARDS)
     return f"<div class='cards'>{cards}</div>"
