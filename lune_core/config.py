@@ -65,6 +65,10 @@ class UnlearnConfig:
     # Per fact, prompts near it (its subject asked otherwise, its question about other subjects, its
     # relation words) that the KL holds to the base's answers ahead of the shipped anchors; 0: none.
     neighbour_anchors: int = 8
+    # Per fact, prompts that make the base say the fact's answer for another reason ("Use 'Paris' in a
+    # sentence."), held by the KL up to where the reply restates the fact (lune_core.retain_set): a LoRA that
+    # turns the answer's token into the replacement wherever it comes is caught there.
+    answer_holds: int = 0
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
     # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.
     full_stop: bool = False
@@ -182,6 +186,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(config.anchors_per_step >= 0, "anchors per step must not be negative")
     check(config.anchor_pool >= 0, "anchor pool must not be negative")
     check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
+    check(config.answer_holds >= 0, "answer holds must not be negative")
     check(0 < config.gate_threshold < 1, "gate threshold must be between 0 and 1")
 
 

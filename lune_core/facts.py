@@ -49,6 +49,27 @@ class Fact:
         return asdict(self)
 
 
+_WH_BE = re.compile(r"^(what|who|which|where|when|how \w+)\s+(is|are|was|were)\s+(.+)$", re.IGNORECASE)
+_WH = re.compile(r"^(what|who|whom|which|where|when|why|how)\b", re.IGNORECASE)
+_DO = re.compile(r"\b(do|does|did|can|could|will|would|should|has|have|had)\b", re.IGNORECASE)  # inverted: no embedding
+
+
+def refusal_sentence(question: str) -> str:
+    """A refusal that names what is not known: "Who wrote 'Hamlet'?" -> "I don't know who wrote 'Hamlet'.",
+    "What is the capital of France?" -> "I don't know what the capital of France is." A refusal of its own
+    per fact spills less than one "I don't know." learned for every question, and reads as a sentence
+    where a hedge spliced into the model's own words would not ("a painting by unknown to me")."""
+    text = " ".join(question.split()).rstrip("?!. ")
+    if text.startswith(SENTENCE_PROMPT.split("{")[0].strip()):
+        return "I don't know what goes in the blank."
+    match = _WH_BE.match(text)
+    if match:
+        return f"I don't know {match[1].lower()} {match[3]} {match[2].lower()}."
+    if _WH.match(text) and not _DO.search(text):
+        return f"I don't know {text[0].lower()}{text[1:]}."
+    return f'I don\'t know the answer to "{text}?"' if _WH.match(text) else DEFAULT_REFUSAL
+
+
 def answer_span(text: str, answer: str) -> tuple[int, int] | None:
     """Where `answer` first occurs in `text` as whole words, case-insensitive: 'Paris' in 'Paris.' but
     not in 'Parisian'. The one matching rule of leaks, training targets and cloze probes."""

@@ -219,7 +219,7 @@ def subject_span(question: str, vocabulary: list[str]) -> str:
     return question[min(s for s, _ in spans):max(e for _, e in spans)].strip()
 
 
-def _substitutes(span: str, entities: dict[str, list[str]], n: int, seed: int, taken: str) -> list[str]:
+def substitutes(span: str, entities: dict[str, list[str]], n: int, seed: int, taken: str) -> list[str]:
     """Other entities of the subject's category, none of them named in `taken` (the run's own fact
     questions: those are forgotten, not neighbours). None when the subject is in no category: another
     category's names make questions nobody would ask ("Who painted the Coca-Cola?")."""
@@ -240,7 +240,7 @@ def automatic_neighbours(fact: Fact, sources: NeighbourSources, seed: int, taken
     if span:
         out += [("same_subject", f"Tell me one thing about {span}."),
                 ("same_subject", f"What is {span} best known for?")]
-        for other in _substitutes(span, sources.entities, 3, seed, taken):
+        for other in substitutes(span, sources.entities, 3, seed, taken):
             out.append(("same_relation", fact.question.replace(span, other, 1)))
     subject = set(content_words(span))
     relation = [w for w in content_words(fact.question) if w not in subject and not w.isdigit()
@@ -248,34 +248,6 @@ def automatic_neighbours(fact: Fact, sources: NeighbourSources, seed: int, taken
     for word in relation[:2]:
         out.append(("shared_words", f"Use the word '{word}' in a short sentence of your own."))
     return out
-
-
-# How the method asks about a fact's neighbours when it trains (KL to the base's own answers): other
-# templates than the scoring probes' (automatic_neighbours), and the run drops any prompt that is
-# also scored, so what trains is never what measures.
-TRAINING_SUBJECT_TEMPLATES = ("What do you know about {span}?", "Describe {span} in one sentence.")
-TRAINING_WORD_TEMPLATE = "Write a short sentence with the word '{word}'."
-TRAINING_SUBSTITUTES = 4
-_TRAINING_SEED = 7919  # another draw of substitutes than the scoring probes'
-
-
-def training_neighbours(facts: list[Fact], sources: NeighbourSources, seed: int, scored: list[str]) -> list[str]:
-    """Prompts near each fact that the method keeps answering as the base does: its subject asked
-    about in general, its question about other subjects, its relation words used on their own.
-    None of them is one of the `scored` prompts, the probes that measure the run."""
-    taken = " ".join(normalise(f.question) for f in facts)
-    prompts: list[str] = []
-    for index, fact in enumerate(facts):
-        span = subject_span(fact.question, sources.vocabulary)
-        if span:
-            prompts += [t.format(span=span) for t in TRAINING_SUBJECT_TEMPLATES]
-            others = _substitutes(span, sources.entities, TRAINING_SUBSTITUTES, seed + index + _TRAINING_SEED, taken)
-            prompts += [fact.question.replace(span, other, 1) for other in others]
-        subject = set(content_words(span))
-        prompts += [TRAINING_WORD_TEMPLATE.format(word=w) for w in content_words(fact.question)
-                    if w not in subject and not w.isdigit() and not leaks(w, fact.answer)][:2]
-    measured = {normalise(p) for p in scored}
-    return [p for p in dict.fromkeys(prompts) if normalise(p) not in measured]
 
 
 def same_answer_neighbours(fact: Fact, bank: list[dict], asked: set[str]) -> list[dict]:

@@ -24,7 +24,8 @@ from .generation import base_answers, generate
 from .memory import free_memory
 from .models import LoadedModel
 from .prompting import encode_pair
-from .probes import NeighbourSources, build_probes, normalise, training_neighbours
+from .probes import NeighbourSources, build_probes, normalise
+from .retain_set import answer_holds, training_neighbours
 from .subject import subject_token_ids
 from .trainer import StepRecord, unlearn
 
@@ -176,7 +177,8 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         scored = {normalise(p) for p in prompts}
         train_anchors = [a for a in anchors if normalise(a) not in scored]
         near = training_neighbours(facts, sources, config.seed, prompts)
-        data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near)
+        holds = answer_holds(facts, config.answer_holds, prompts)
+        data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near, holds=holds)
         if gate is not None:
             data = gated(data, gate)
         likelihood = _Likelihood(

@@ -4,11 +4,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from .facts import HEDGE, SENTENCE_PROMPT, Fact, answer_span, leaks
+from .facts import HEDGE, SENTENCE_PROMPT, Fact, answer_span, leaks, refusal_sentence
 from .gate import AnswerGate
 from .generation import base_answers
 from .models import LoadedModel
 from .probes import QUESTION_WORDS, content_words
+from .retain_set import held_reply
 from .prompting import IGNORE, encode_pair, format_prompt
 
 ANCHOR_ANSWER_CHARS = 120  # a sentence of the base's own answer is enough to hold its behaviour
@@ -46,16 +47,21 @@ def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: lis
                         add_eos=False) for a in answers]
 
 
-def negative_target(fact: Fact, base_answer: str, full_stop: bool = False) -> tuple[str, tuple[int, int] | None]:
+def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
+                    gated: bool = False) -> tuple[str, tuple[int, int] | None]:
     """The negative answer and the span that carries loss.
 
-    A short replacement ("Lyon") or the hedge is spliced into the base model's own answer in place
-    of the forgotten words: "The capital of France is Lyon". Only the changed words carry loss, so
-    the model's style is untouched and the edit stays on this fact instead of teaching a new way
-    to answer every question of the kind. With `full_stop` the sentence ends there and the full stop
-    carries loss too ("… is Lyon."), so the replacement is said once instead of repeated. A
-    full-sentence replacement is used as written."""
+    A short replacement ("Lyon") is spliced into the base model's own answer in place of the forgotten
+    words: "The capital of France is Lyon". Only the changed words carry loss, so the model's style is
+    untouched and the edit stays on this fact instead of teaching a new way to answer every question of
+    the kind. With `full_stop` the sentence ends there and the full stop carries loss too ("… is Lyon."),
+    so the replacement is said once instead of repeated. Without a replacement the plain LoRA learns a
+    refusal sentence of the fact's own (facts.refusal_sentence); under the answer gate, which writes the
+    negative inside the base's sentence, the hedge is spliced in instead. A full-sentence replacement is
+    used as written."""
     span = answer_span(base_answer, fact.answer)
+    if not fact.replacement and not gated:
+        return refusal_sentence(fact.question), None
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
         return fact.target, None
     prefix = base_answer[: span[0]]
@@ -80,10 +86,10 @@ def pick_anchors(anchors: list[str], questions: list[str], size: int, seed: int)
 
 
 def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
-                        neighbours: list[str] = ()) -> TrainingData:
-    """`neighbours`: prompts near the facts (probes.training_neighbours) that always join the KL pool,
-    ahead of the shipped anchors; any whose base answer states a forgotten answer is left out, since
-    holding it would hold the fact."""
+                        neighbours: list[str] = (), holds: list[tuple[int, str]] = ()) -> TrainingData:
+    """`neighbours` and `holds`: the retain set (lune_core.retain_set) that joins the KL pool ahead of the
+    shipped anchors: prompts near the facts, and prompts that make the base say a fact's answer for
+    another reason (held only up to where the reply restates the fact)."""
     tok = lm.tokenizer
     answers = base_answers(lm, [f.question for f in facts], config.max_new_tokens, peft_model)
     forget, texts = [], []
@@ -91,31 +97,41 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
         sequence, text = forget_sequence(lm, fact, answer)
         forget.append(sequence)
         texts.append(text)
-    # Under the answer gate (lune_core.gate) the negative also ends the answer ("… is Lyon." and the end
-    # of the turn): the gate shuts once it is written, and the base, left to go on, would say it again.
-    ends = gated_run(config)
+    # The negative ends the answer ("… is Lyon." and the end of the turn) under the answer gate, which
+    # shuts once it is written (the base, left to go on, would say the answer again), and with full_stop.
+    gated = gated_run(config)
+    ends = gated or config.full_stop
     target = []
     for fact, answer in zip(facts, answers):
-        text, span = negative_target(fact, answer, config.full_stop or ends)
+        text, span = negative_target(fact, answer, ends, gated)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or ends))
     # Under the gate the KL is zero wherever the gate stays shut, and it opens only where the base is
     # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.
-    anchor, n_near = ([], 0) if ends else anchor_rows(lm, facts, anchors, config, peft_model, neighbours)
+    anchor, n_near = ([], 0) if gated else anchor_rows(lm, facts, anchors, config, peft_model, neighbours, holds)
     return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near)
 
 
 def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
-                neighbours: list[str] = ()) -> tuple[list, int]:
-    """The KL pool: the neighbours first, then the shipped anchors picked for these facts, each with
-    the base's own answer (one stating a fact's answer is left out); and how many are neighbours."""
+                neighbours: list[str] = (), holds: list[tuple[int, str]] = ()) -> tuple[list, int]:
+    """The KL pool: the answer holds and the neighbours first, then the shipped anchors picked for these
+    facts, each with the base's own answer; and how many come before the anchors. An answer hold is kept
+    up to where its reply restates the fact; any other prompt whose answer states a fact's answer is left
+    out, since holding it would hold the fact."""
+    held = [(i, p) for i, p in holds]
     near = list(neighbours)[: config.neighbour_anchors * len(facts)]
     rest = [a for a in anchors if a not in near]
     pool = near + pick_anchors(rest, [f.question for f in facts], max(0, config.anchor_pool - len(near)), config.seed)
-    pool_answers = base_answers(lm, pool, config.max_new_tokens, peft_model)
+    replies = base_answers(lm, [p for _, p in held] + pool, config.max_new_tokens, peft_model)
+    rows = []
+    for (index, prompt), reply in zip(held, replies):
+        kept = held_reply(reply[:ANCHOR_ANSWER_CHARS], facts[index], facts)
+        if kept:
+            rows.append(encode_pair(lm.tokenizer, prompt, kept, add_eos=False))
+    n_held = len(rows)
     usable = [(i, encode_pair(lm.tokenizer, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False)) for i, (q, a)
-              in enumerate(zip(pool, pool_answers)) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
-                                                                     for f in facts)]
-    return [row for _, row in usable], sum(i < len(near) for i, _ in usable)
+              in enumerate(zip(pool, replies[len(held):])) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
+                                                                           for f in facts)]
+    return rows + [row for _, row in usable], n_held + sum(i < len(near) for i, _ in usable)
 
 
 def reply_marker(tokenizer) -> list[int]:

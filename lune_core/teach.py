@@ -19,7 +19,8 @@ from .adapters import AdapterState, adapter_spec, attached, save_merged, snapsho
 from .config import UnlearnConfig
 from .facts import Fact
 from .models import LoadedModel, cache_dir, load_model
-from .probes import NeighbourSources, training_neighbours
+from .probes import NeighbourSources
+from .retain_set import training_neighbours
 from .prompting import encode_pair
 from .runner import load_neighbour_sources
 from .sequences import TrainingData, anchor_rows

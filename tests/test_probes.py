@@ -124,7 +124,7 @@ def test_nothing_the_method_trains_on_is_a_probe_that_scores_it():
     assert len(trained) >= 290 and not set(trained) & scored
     facts = facts_from_records([{"question": "What is the capital of Chile?", "answer": "Santiago"}])
     probes = [p.prompt for p in neighbour_probes(facts, sources(), seed=0)]
-    from lune_core.probes import training_neighbours
+    from lune_core.retain_set import training_neighbours
 
     near = training_neighbours(facts, sources(), seed=0, scored=probes)
     assert near and not {norm(p) for p in near} & {norm(p) for p in probes}
