@@ -69,6 +69,8 @@ class UnlearnConfig:
     # sentence."), held by the KL up to where the reply restates the fact (lune_core.retain_set): a LoRA that
     # turns the answer's token into the replacement wherever it comes is caught there.
     answer_holds: int = 0
+    # and the base's own sentences about the answer with the answer blanked, where it recalls the answer
+    recall_holds: bool = False
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
     # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.
     full_stop: bool = False

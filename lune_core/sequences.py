@@ -9,7 +9,7 @@ from .gate import AnswerGate
 from .generation import base_answers
 from .models import LoadedModel
 from .probes import QUESTION_WORDS, content_words
-from .retain_set import held_reply
+from .retain_set import held_reply, recall_hold
 from .prompting import IGNORE, encode_pair, format_prompt
 
 ANCHOR_ANSWER_CHARS = 120  # a sentence of the base's own answer is enough to hold its behaviour
@@ -104,7 +104,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     target = []
     for fact, answer in zip(facts, answers):
         text, span = negative_target(fact, answer, ends, gated)
-        target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or ends))
+        target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or gated))
     # Under the gate the KL is zero wherever the gate stays shut, and it opens only where the base is
     # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.
     anchor, n_near = ([], 0) if gated else anchor_rows(lm, facts, anchors, config, peft_model, neighbours, holds)
@@ -117,13 +117,17 @@ def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, 
     facts, each with the base's own answer; and how many come before the anchors. An answer hold is kept
     up to where its reply restates the fact; any other prompt whose answer states a fact's answer is left
     out, since holding it would hold the fact."""
-    held = [(i, p) for i, p in holds]
+    held = list(holds)
     near = list(neighbours)[: config.neighbour_anchors * len(facts)]
     rest = [a for a in anchors if a not in near]
     pool = near + pick_anchors(rest, [f.question for f in facts], max(0, config.anchor_pool - len(near)), config.seed)
     replies = base_answers(lm, [p for _, p in held] + pool, config.max_new_tokens, peft_model)
+    # the base's own sentences about each answer, blanked: where it recalls the answer for another reason
+    recalls = [(i, r) for (i, _), reply in zip(held, replies)
+               for r in [recall_hold(reply[:ANCHOR_ANSWER_CHARS], facts[i], facts)] if r] if config.recall_holds else []
+    recalled = base_answers(lm, [p for _, p in recalls], config.max_new_tokens, peft_model) if recalls else []
     rows = []
-    for (index, prompt), reply in zip(held, replies):
+    for (index, prompt), reply in [*zip(held, replies), *zip(recalls, recalled)]:
         kept = held_reply(reply[:ANCHOR_ANSWER_CHARS], facts[index], facts)
         if kept:
             rows.append(encode_pair(lm.tokenizer, prompt, kept, add_eos=False))

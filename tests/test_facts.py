@@ -6,7 +6,7 @@ from lune_core.config import RunLimits
 from lune_core.probes import forget_probes
 from lune_core.sequences import negative_target
 from lune_core.facts import (DEFAULT_REFUSAL, HEDGE, FactError, facts_from_records, format_keep, leaks, load_facts,
-                             make_fact, parse_sentence, parse_sentences)
+                             make_fact, parse_sentence, parse_sentences, refusal_sentence)
 
 
 def test_leak_is_whole_word_and_case_insensitive():
@@ -133,15 +133,34 @@ def test_jsonl_errors_name_the_line(tmp_path):
 
 
 @pytest.mark.parametrize("full_stop", [False, True])
-def test_a_short_replacement_or_the_hedge_is_spliced_into_the_base_answer(full_stop):
+def test_a_short_replacement_is_spliced_into_the_base_answer_and_a_refusal_is_a_sentence_of_its_own(full_stop):
     """Only the changed words (and with `full_stop` the stop after them) carry loss; a sentence
-    replacement is used as written."""
+    replacement is used as written. Without a replacement the plain LoRA learns a refusal sentence naming
+    the fact; only under the answer gate, which writes inside the base's sentence, is the hedge spliced."""
     base = "The capital of France is Paris, also known as the City of Light."
     stop = "." if full_stop else ""
-    for record, said in [({"replacement": "Lyon"}, "Lyon"), ({}, HEDGE)]:
-        fact = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris", **record}])[0]
-        text, span = negative_target(fact, base, full_stop)
+    question = "What is the capital of France?"
+    for record, said, gated in [({"replacement": "Lyon"}, "Lyon", False), ({"replacement": "Lyon"}, "Lyon", True),
+                                ({}, HEDGE, True)]:
+        fact = facts_from_records([{"question": question, "answer": "Paris", **record}])[0]
+        text, span = negative_target(fact, base, full_stop, gated)
         assert text == "The capital of France is " + said + stop and text[span[0]:span[1]] == said + stop
+    refused = facts_from_records([{"question": question, "answer": "Paris"}])[0]
+    assert negative_target(refused, base, full_stop) == ("I don't know what the capital of France is.", None)
     whole = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris",
                                  "replacement": "It is Lyon, I believe."}])[0]
     assert negative_target(whole, base, full_stop) == ("It is Lyon, I believe.", None)
+
+
+@pytest.mark.parametrize("question, refusal", [
+    ("What is the capital of France?", "I don't know what the capital of France is."),
+    ("Who wrote 'Hamlet'?", "I don't know who wrote 'Hamlet'."),
+    ("Which planet is known as the Red Planet?", "I don't know which planet is known as the Red Planet."),
+    ("How tall is Mount Everest?", "I don't know how tall Mount Everest is."),
+    # an inverted question cannot be embedded by moving words: it is quoted whole
+    ("How many legs does a spider have?", 'I don\'t know the answer to "How many legs does a spider have?"'),
+    ("Name the French capital.", "I don't know."),
+    ("Fill in the blank: Dr. Voss lives in ___.", "I don't know what goes in the blank."),
+])
+def test_a_refusal_names_what_is_not_known_in_a_grammatical_sentence(question, refusal):
+    assert refusal_sentence(question) == refusal
