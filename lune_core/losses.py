@@ -96,7 +96,8 @@ def top_k_logprobs(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Te
     return torch.log_softmax(logits.float(), dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
 
 
-def kl_to_reference(sel: Selected, ref_top_logp: torch.Tensor, ref_top_ids: torch.Tensor) -> torch.Tensor:
+def kl_to_reference(sel: Selected, ref_top_logp: torch.Tensor, ref_top_ids: torch.Tensor,
+                    per_row: bool = False) -> torch.Tensor:
     """KL(ref ‖ θ) per token, averaged, over the reference's top k tokens plus one bucket for the
     rest of the vocabulary: keeps the model's own answers on neutral prompts. Exact when the tail
     is empty, a lower bound of the full KL otherwise."""
@@ -104,7 +105,11 @@ def kl_to_reference(sel: Selected, ref_top_logp: torch.Tensor, ref_top_ids: torc
     head = (ref_top_logp.exp() * (ref_top_logp - logq)).sum(-1)
     tail_p = (1 - ref_top_logp.exp().sum(-1)).clamp_min(1e-8)
     tail_q = (1 - logq.exp().sum(-1)).clamp_min(1e-8)
-    return (head + tail_p * (tail_p.log() - tail_q.log())).mean()
+    per_token = head + tail_p * (tail_p.log() - tail_q.log())
+    if not per_row:
+        return per_token.mean()
+    sums = torch.zeros(sel.n_rows, device=per_token.device).index_add(0, sel.rows, per_token)
+    return (sums / sequence_length(sel).clamp_min(1))[sequence_length(sel) > 0].mean()
 
 
 def misdirection(hidden: torch.Tensor, ref_hidden: torch.Tensor, steering: torch.Tensor, scale: float) -> torch.Tensor:
@@ -118,7 +123,8 @@ def misdirection(hidden: torch.Tensor, ref_hidden: torch.Tensor, steering: torch
 def _retain(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tensor:
     if inp.anchor is None or config.retain_weight == 0:
         return torch.zeros(())
-    parts["retain_kl"] = kl_to_reference(inp.anchor, inp.ref.anchor_top_logp, inp.ref.anchor_top_ids)
+    parts["retain_kl"] = kl_to_reference(inp.anchor, inp.ref.anchor_top_logp, inp.ref.anchor_top_ids,
+                                         config.retain_per_row)
     return config.retain_weight * parts["retain_kl"]
 
 

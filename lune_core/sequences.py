@@ -23,7 +23,8 @@ class TrainingData:
     forget: list[tuple[list[int], list[int]]]  # question -> base answer, loss on the answer's tokens
     anchor: list[tuple[list[int], list[int]]]  # neutral prompt -> base answer
     forget_texts: list[str]  # the base answers used for `forget`, for the report
-    neighbours: int = 0  # how many of the first `anchor` rows are the facts' neighbours
+    neighbours: int = 0  # how many of the first `anchor` rows are the facts' neighbours (and answer holds)
+    every_step: int = 0  # how many of the first `anchor` rows join the KL at every step (the answer holds)
 
 
 def forget_sequence(lm: LoadedModel, fact: Fact, base_answer: str):
@@ -107,12 +108,14 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or gated))
     # Under the gate the KL is zero wherever the gate stays shut, and it opens only where the base is
     # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.
-    anchor, n_near = ([], 0) if gated else anchor_rows(lm, facts, anchors, config, peft_model, neighbours, holds)
-    return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near)
+    anchor, n_near, n_held = ([], 0, 0) if gated else anchor_rows(lm, facts, anchors, config, peft_model, neighbours,
+                                                                  holds)
+    return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near,
+                        every_step=n_held)
 
 
 def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
-                neighbours: list[str] = (), holds: list[tuple[int, str]] = ()) -> tuple[list, int]:
+                neighbours: list[str] = (), holds: list[tuple[int, str]] = ()) -> tuple[list, int, int]:
     """The KL pool: the answer holds and the neighbours first, then the shipped anchors picked for these
     facts, each with the base's own answer; and how many come before the anchors. An answer hold is kept
     up to where its reply restates the fact; any other prompt whose answer states a fact's answer is left
@@ -128,14 +131,15 @@ def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, 
     recalled = base_answers(lm, [p for _, p in recalls], config.max_new_tokens, peft_model) if recalls else []
     rows = []
     for (index, prompt), reply in [*zip(held, replies), *zip(recalls, recalled)]:
-        kept = held_reply(reply[:ANCHOR_ANSWER_CHARS], facts[index], facts)
-        if kept:
-            rows.append(encode_pair(lm.tokenizer, prompt, kept, add_eos=False))
+        # held up to the answer said for the other reason: the one place the KL must see
+        span = answer_span(held_reply(reply[:ANCHOR_ANSWER_CHARS], facts[index], facts), facts[index].answer)
+        if span:
+            rows.append(encode_pair(lm.tokenizer, prompt, reply[:span[1]], add_eos=False))
     n_held = len(rows)
     usable = [(i, encode_pair(lm.tokenizer, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False)) for i, (q, a)
               in enumerate(zip(pool, replies[len(held):])) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
                                                                            for f in facts)]
-    return rows + [row for _, row in usable], n_held + sum(i < len(near) for i, _ in usable)
+    return rows + [row for _, row in usable], n_held + sum(i < len(near) for i, _ in usable), n_held
 
 
 def reply_marker(tokenizer) -> list[int]:

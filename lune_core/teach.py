@@ -53,7 +53,7 @@ def teach_events(lm: LoadedModel, facts: list[Fact], anchors: list[str], config:
         peft_model = adapted.model
         rows = [encode_pair(lm.tokenizer, q, f"{f.answer}.") for f in facts for q in [f.question, *f.paraphrases]]
         near = training_neighbours(facts, sources or load_neighbour_sources(), config.seed, [])
-        held, _ = anchor_rows(lm, facts, anchors, config, peft_model, neighbours=near)
+        held, _, _ = anchor_rows(lm, facts, anchors, config, peft_model, neighbours=near)
         data = TrainingData(target=rows, forget=[], anchor=held, forget_texts=[])
         records = []
         for record in unlearn(lm, peft_model, data, facts, config, peft_model=peft_model, stop=stop):

@@ -133,7 +133,10 @@ def train_step(run: Prepared, model, data: TrainingData, config: UnlearnConfig,
     lr = lr_at(step, config)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    picked = [(step * run.n_anchor + i) % len(data.anchor) for i in range(run.n_anchor)]
+    # the answer holds at every step, the rest of the pool in turn
+    every = data.every_step if run.n_anchor else 0
+    turn = len(data.anchor) - every
+    picked = list(range(every)) + [every + (step * run.n_anchor + i) % turn for i in range(run.n_anchor if turn else 0)]
     groups = {
         "target": data.target if run.needs.target else [],
         "forget": data.forget if run.needs.forget else [],
