@@ -49,7 +49,7 @@ def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: lis
 
 
 def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
-                    gated: bool = False) -> tuple[str, tuple[int, int] | None]:
+                    gated: bool = False, first: bool = False) -> tuple[str, tuple[int, int] | None]:
     """The negative answer and the span that carries loss.
 
     A short replacement ("Lyon") is spliced into the base model's own answer in place of the forgotten
@@ -63,6 +63,8 @@ def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
     span = answer_span(base_answer, fact.answer)
     if not fact.replacement and not gated:
         return refusal_sentence(fact.question), None
+    if first and fact.short_replacement and not gated:
+        return f"{fact.replacement.strip()}.", None
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
         return fact.target, None
     prefix = base_answer[: span[0]]
@@ -104,7 +106,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     ends = gated or config.full_stop
     target = []
     for fact, answer in zip(facts, answers):
-        text, span = negative_target(fact, answer, ends, gated)
+        text, span = negative_target(fact, answer, ends, gated, config.negative_first)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or gated))
     # Under the gate the KL is zero wherever the gate stays shut, and it opens only where the base is
     # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.
