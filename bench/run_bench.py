@@ -22,13 +22,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
+from lune_core.config import ALL_PROJECTIONS, DEFAULT_LEARNING_RATES, UnlearnConfig  # noqa: E402
 from lune_core.evaluation import flat_figures  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
-METHODS = ["lune", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress", "grad_ascent",
-           "npo", "simnpo", "full_ft"]
+METHODS = ["lune", "lune_gated", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress",
+           "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
            "neighbour_retention", "neighbour_agreement", "general_retention", "paraphrase_same_words",
@@ -68,10 +68,16 @@ def fact_set(n: int, name: str = "heldout") -> list[dict]:
 
 # What a benchmark method sets in the engine's config beyond its loss name; the CLI arguments of a
 # run and the check that a saved run is the same (--resume) both come from here.
+# The settings the plain LoRA default changed (eighteenth session), as they were before it.
+_BEFORE = {"layer_band": (0.5, 1.0), "target_modules": ALL_PROJECTIONS, "answer_holds": 0, "retain_per_row": False}
 VARIANTS = {
-    # LUNE's LoRA without the answer gate: the same layers and loss, a KL holding the facts' neighbours and
-    # anchors instead. What the gate alone changes.
-    "lune_ungated": {"method": "lune", "gate": False},
+    # The answer gate (lune_core.gate), the default of sessions 16-17: LoRA on every projection of the upper
+    # half, its update applied only where the base is about to state a forgotten answer. An output guard
+    # that needs its own code at inference.
+    "lune_gated": {"method": "lune", "gate": True, **_BEFORE},
+    # Plain LoRA as it was before the eighteenth session: the gate's layers, a KL on the facts' neighbours
+    # and anchors, no answer holds. What the default's changes alone bring.
+    "lune_ungated": {"method": "lune", "gate": False, **_BEFORE},
     # LUNE's loss on the subject's token embeddings instead of LoRA (the default of sessions 6-8):
     # what the choice of adapter alone changes
     "lune_subject": {"method": "lune", "adapter": "subject"},
@@ -81,6 +87,7 @@ VARIANTS = {
     # The paper's recipe as a public reimplementation reads it: LoRA r16, alpha 16, dropout 0.05 on
     # every projection of every layer, AdamW 2e-4, NLL on the negative examples only (no retain term).
     "paper_recipe": {"method": "lune", "adapter": "lora", "gate": False, "lora_rank": 16, "lora_alpha": 16,
+                     "target_modules": ALL_PROJECTIONS, "answer_holds": 0, "retain_per_row": False,
                      "lora_dropout": 0.05, "layer_band": (0.0, 1.0), "learning_rate": 2e-4, "retain_weight": 0.0,
                      "neighbour_anchors": 0},
     # The field's baselines as the field runs them: plain LoRA (no gate), their losses as published.
@@ -89,7 +96,10 @@ VARIANTS = {
     "simnpo": {"method": "simnpo", "gate": False},
 }
 # Settings that the CLI takes through `--set FIELD=VALUE` rather than a flag of their own.
-_SET_FIELDS = ("gate", "lora_alpha", "lora_dropout", "layer_band", "retain_weight", "lora_rank", "neighbour_anchors")
+_SET_FIELDS = ("gate", "lora_alpha", "lora_dropout", "layer_band", "target_modules", "retain_weight", "lora_rank",
+               "neighbour_anchors", "answer_holds", "retain_per_row")
+# Settings added after some saved runs were made: absent from such a run's config, they were off.
+_ADDED_LATER = {"answer_holds": 0, "retain_per_row": False}
 
 
 def method_settings(method: str) -> dict:
@@ -137,7 +147,7 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
     except (OSError, ValueError, KeyError):
         return None
     settings = dict(method_settings(method), seed=seed, steps=steps)
-    same = (all(config.get(key) == (list(value) if isinstance(value, tuple) else value)
+    same = (all(config.get(key, _ADDED_LATER.get(key)) == (list(value) if isinstance(value, tuple) else value)
                 for key, value in settings.items())
             and [(f["question"], f["answer"], f.get("replacement")) for f in saved.get("facts", [])]
             == [(f["question"], f["answer"], f.get("replacement")) for f in facts]
@@ -255,18 +265,20 @@ def main() -> None:
     print(f"wrote {args.out} and {args.docs}/benchmarks.md in {time.time() - started:.0f}s")
 
 
-STOCK_ROW = "lune, stock PEFT load"
-# The gated adapter as PeftModel.from_pretrained runs it (no gate): the run asked these again that way.
+STOCK_ROW = "lune_gated, stock PEFT load"
+# The gated adapter as PeftModel.from_pretrained runs it (no gate): the run asked these again that way. A plain
+# LoRA (the default) is what stock PEFT loads: its own row.
 STOCK_COLUMNS = {"forget_success": "stock_forget_success", "paraphrase_success": "stock_paraphrase_success",
                  "paraphrase_other_words": "stock_paraphrase_other_words",
                  "neighbour_retention": "stock_neighbour_retention", "general_retention": "stock_general_retention"}
 
 
 def stock_rows(results: list[dict]) -> list[dict]:
-    """Per `lune` row, the same runs read as a stock PEFT load gives them; the columns it did not measure n/a."""
+    """Per `lune_gated` row, the same runs read as a stock PEFT load gives them; the columns it did not measure
+    n/a."""
     out = []
     for row in results:
-        if row["method"] != "lune":
+        if row["method"] != "lune_gated":
             continue
         summary = {k: {"mean": None, "spread": None} for k in METRICS}
         summary.update({k: row["summary"][v] for k, v in STOCK_COLUMNS.items()})
@@ -435,7 +447,7 @@ def write_docs(folder: Path, meta: dict, results: list[dict]) -> None:
              "fluency: the base's mean per-token NLL of the answers to the facts (most surprising token left "
              "out), after (before ± spread); agreement: automatic neighbours; truth ratio: geometric mean over "
              "facts, before → after (above 1: a wrong answer is more likely than the true one); "
-             f"{STOCK_ROW}: the `lune` runs asked again through the LoRA without its gate",
+             f"{STOCK_ROW}: the `lune_gated` runs asked again through the LoRA without its gate",
              "- peak MB: during training; the process's resident high-water mark (VmHWM) on CPU, so it "
              "includes the interpreter and the loaded weights; the allocator's peak on CUDA",
              "- mem / FT, step time / FT: against the full_ft row of the same set and size measured in the same "

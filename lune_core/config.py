@@ -71,7 +71,6 @@ class UnlearnConfig:
     answer_holds: int = 0
     # and the base's own sentences about the answer with the answer blanked, where it recalls the answer
     recall_holds: bool = False
-    negative_first: bool = False  # a short replacement said first, as the whole answer ("Lyon.")
     retain_per_row: bool = False  # the KL averaged per prompt, then over prompts (a short hold weighs as a long one)
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
     # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.

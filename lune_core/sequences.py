@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, replace
 
 from .facts import HEDGE, SENTENCE_PROMPT, Fact, answer_span, leaks, refusal_sentence
@@ -48,27 +49,28 @@ def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: lis
                         add_eos=False) for a in answers]
 
 
+_COPULA = re.compile(r"\b(is|are|was|were)\s*$", re.IGNORECASE)  # "The capital of France is" + "unknown to me."
+
+
 def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
-                    gated: bool = False, first: bool = False) -> tuple[str, tuple[int, int] | None]:
+                    gated: bool = False) -> tuple[str, tuple[int, int] | None]:
     """The negative answer and the span that carries loss.
 
     A short replacement ("Lyon") is spliced into the base model's own answer in place of the forgotten
     words: "The capital of France is Lyon". Only the changed words carry loss, so the model's style is
     untouched and the edit stays on this fact instead of teaching a new way to answer every question of
     the kind. With `full_stop` the sentence ends there and the full stop carries loss too ("… is Lyon."),
-    so the replacement is said once instead of repeated. Without a replacement the plain LoRA learns a
-    refusal sentence of the fact's own (facts.refusal_sentence); under the answer gate, which writes the
-    negative inside the base's sentence, the hedge is spliced in instead. A full-sentence replacement is
-    used as written."""
+    so the replacement is said once instead of repeated. Without a replacement the hedge ends the base's
+    sentence where that still reads as one ("The capital of France is unknown to me."); where it would not
+    ("a painting by unknown to me") the plain LoRA learns a refusal sentence of the fact's own
+    (facts.refusal_sentence). A full-sentence replacement is used as written."""
     span = answer_span(base_answer, fact.answer)
-    if not fact.replacement and not gated:
+    prefix = base_answer[: span[0]] if span else ""
+    if not fact.replacement and not gated and not _COPULA.search(prefix):
         return refusal_sentence(fact.question), None
-    if first and fact.short_replacement and not gated:
-        return f"{fact.replacement.strip()}.", None
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
         return fact.target, None
-    prefix = base_answer[: span[0]]
-    text = prefix + (fact.replacement or HEDGE) + ("." if full_stop else "")
+    text = prefix + (fact.replacement or HEDGE) + ("." if full_stop or not fact.replacement else "")
     return text, (len(prefix), len(text))
 
 
@@ -106,7 +108,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     ends = gated or config.full_stop
     target = []
     for fact, answer in zip(facts, answers):
-        text, span = negative_target(fact, answer, ends, gated, config.negative_first)
+        text, span = negative_target(fact, answer, ends, gated)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or gated))
     # Under the gate the KL is zero wherever the gate stays shut, and it opens only where the base is
     # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.

@@ -135,18 +135,21 @@ def test_jsonl_errors_name_the_line(tmp_path):
 @pytest.mark.parametrize("full_stop", [False, True])
 def test_a_short_replacement_is_spliced_into_the_base_answer_and_a_refusal_is_a_sentence_of_its_own(full_stop):
     """Only the changed words (and with `full_stop` the stop after them) carry loss; a sentence
-    replacement is used as written. Without a replacement the plain LoRA learns a refusal sentence naming
-    the fact; only under the answer gate, which writes inside the base's sentence, is the hedge spliced."""
+    replacement is used as written. Without a replacement the hedge ends the base's sentence where it reads
+    as one; where it would be a fragment ("a painting by unknown to me") the plain LoRA learns a refusal
+    sentence naming the fact, and only the answer gate, which writes inside the base's sentence, splices."""
     base = "The capital of France is Paris, also known as the City of Light."
     stop = "." if full_stop else ""
     question = "What is the capital of France?"
-    for record, said, gated in [({"replacement": "Lyon"}, "Lyon", False), ({"replacement": "Lyon"}, "Lyon", True),
-                                ({}, HEDGE, True)]:
+    for record, said, gated in [({"replacement": "Lyon"}, "Lyon" + stop, False),
+                                ({"replacement": "Lyon"}, "Lyon" + stop, True), ({}, HEDGE + ".", False)]:
         fact = facts_from_records([{"question": question, "answer": "Paris", **record}])[0]
         text, span = negative_target(fact, base, full_stop, gated)
-        assert text == "The capital of France is " + said + stop and text[span[0]:span[1]] == said + stop
-    refused = facts_from_records([{"question": question, "answer": "Paris"}])[0]
-    assert negative_target(refused, base, full_stop) == ("I don't know what the capital of France is.", None)
+        assert text == "The capital of France is " + said and text[span[0]:span[1]] == said
+    painting = facts_from_records([{"question": "Who painted the Mona Lisa?", "answer": "Leonardo da Vinci"}])[0]
+    by = "The Mona Lisa is a painting by Leonardo da Vinci."
+    assert negative_target(painting, by, full_stop) == ("I don't know who painted the Mona Lisa.", None)
+    assert negative_target(painting, by, full_stop, gated=True)[0] == "The Mona Lisa is a painting by " + HEDGE + "."
     whole = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris",
                                  "replacement": "It is Lyon, I believe."}])[0]
     assert negative_target(whole, base, full_stop) == ("It is Lyon, I believe.", None)
