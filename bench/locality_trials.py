@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run_bench import fact_set  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
+from lune_core.config import ALL_PROJECTIONS  # noqa: E402
 from lune_core.evaluation import compute_metrics, flat_figures  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "trials"
@@ -31,20 +32,26 @@ def settings(*pairs: str) -> list[str]:
     return [arg for pair in pairs for arg in ("--set", pair)]
 
 
-# name -> (what it changes, CLI arguments on top of `--method lune --adapter lora`)
+# name -> (what it changes, CLI arguments on top of `--method lune --adapter lora`, which run the default)
+_BEFORE = settings("layer_band=0.5,1", "target_modules=" + ",".join(ALL_PROJECTIONS), "answer_holds=0",
+                   "retain_per_row=false")
+_UPPER = settings("layer_band=0.5,1", "target_modules=" + ",".join(ALL_PROJECTIONS))
 VARIANTS = {
-    "gate": ("the answer gate (lune_core.gate, the default since the sixteenth session): LoRA r8 on every projection "
-             "of the upper half of the layers (15-29 of 30), its update applied only at reply positions where the "
-             "base model, read without it there, gives a forgotten answer p >= 0.2 or would say it, in a text "
-             "sharing a word with the fact's question, and while the negative is written; the negative ends the "
-             "answer ('… is Lyon.' and the end of the turn); no KL rows (zero wherever the gate is shut)", []),
-    "gate_middle": ("gate on the middle half of the layers (0.25-0.75), where the earlier LoRA sat: paraphrases "
-                    "and adversarial forms much less forgotten", settings("layer_band=0.25,0.75")),
-    "gate_top": ("gate on the top third of the layers (0.67-1): the same figures as the upper half",
-                 settings("layer_band=0.67,1")),
-    "ungated": ("the default's LoRA without its gate (gate=false): the upper half, a KL on 8 neighbours a fact and "
-                "the anchors, the negative spliced without an end", settings("gate=false")),
+    "plain_before": ("plain LoRA as it was before the eighteenth session (the answer gate's LoRA without its gate): "
+                     "r8 on every projection of the upper half (15-29 of 30), the negative spliced into the base's "
+                     "answer, a KL on 8 neighbours a fact and 32 anchors, 8 a step", _BEFORE),
+    "holds_stop": ("plain_before + 4 answer holds a fact (prompts naming the answer: 'What is Paris known for?'; held "
+                   "by the KL up to the answer, at every step), the KL averaged per prompt, and the negative ended by "
+                   "a trained full stop ('… is Lyon.')", _UPPER + settings("full_stop=true")),
+    "holds_stop_mlp": ("holds_stop with the LoRA on the MLPs (gate, up, down) of the middle half (8-21)",
+                       settings("full_stop=true")),
+    "default": ("the default since the eighteenth session: holds_stop_mlp without the full stop", []),
+    "default_kl20": ("default with the KL weighing 20 instead of 5", settings("retain_weight=20")),
+    "default_lower": ("default on the MLPs of layers 0.25-0.5 (8-14)", settings("layer_band=0.25,0.5")),
+    "default_check2": ("default asking the forget questions every 2 steps instead of 5, so the run stops nearer "
+                       "where the facts stop being said", settings("check_every=2")),
 }
+
 
 FIGURES = ["forget_success", "forget_clean", "paraphrase_same_words", "paraphrase_other_words", "adversarial_success",
            "neighbour_retention", "neighbour_retention_same_answer", "general_retention", "spilled_answers",

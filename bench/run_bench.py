@@ -232,8 +232,8 @@ def main() -> None:
     if args.keep_rows and Path(args.out).exists():
         earlier = json.loads(Path(args.out).read_text(encoding="utf-8"))
         ran = {(r["method"], r["set"], r["facts"]) for r in results}
-        for row in earlier["results"]:
-            if (row["method"], row.get("set", "heldout"), row["facts"]) not in ran:
+        for row in earlier["results"]:  # the stock rows are derived again below
+            if (row["method"], row.get("set", "heldout"), row["facts"]) not in ran and row["method"] != STOCK_ROW:
                 row.setdefault("measured", earlier["meta"]["date"])
                 results.append(row)
                 kept_rows.append(f"{row.get('set', 'heldout')} {row['facts']} facts {row['method']} "

@@ -44,10 +44,11 @@ def adapter_spec(config: UnlearnConfig, num_layers: int, token_ids: list[int] | 
     keyword arguments of its PEFT config. `token_ids` are the subject's tokens for kind "subject"."""
     if config.adapter == "subject":
         return {"kind": "subject", "target_modules": ["embed_tokens"], "token_indices": sorted(token_ids or [])}
+    config = config.resolved()
     return {
         "kind": "lora",
         "r": config.lora_rank,
-        "lora_alpha": config.resolved().lora_alpha,
+        "lora_alpha": config.lora_alpha,
         "lora_dropout": config.lora_dropout,
         "target_modules": list(config.target_modules),
         "layers_to_transform": lora_layers(config, num_layers),

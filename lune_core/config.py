@@ -10,6 +10,13 @@ from .gate import GATE_THRESHOLD
 from .losses import METHODS, UNLEARNING_METHODS
 
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+# Where a LoRA sits unless the run says otherwise (fractions of depth, projections). Plain LoRA: the MLPs of
+# the middle half, where a subject's facts are recalled; there the replacement spilled onto fewer other
+# facts with the same answer than on every projection of the upper half (docs/locality_trials.md). Under
+# the answer gate the update acts only where the answer is about to be said: there the upper half, nearer
+# the read-out, forgot every rewording of the development facts (docs/locality_trials_earlier.md).
+LORA_PLACES = {False: ((0.25, 0.75), MLP_PROJECTIONS), True: ((0.5, 1.0), ALL_PROJECTIONS)}
 # What a run trains. "lora": LoRA on the projections of a band of layers (LUNE's adapter, the
 # default); "subject": the embeddings of the tokens that name each fact's subject (lune_core.subject);
 # "full": every weight of a full-precision copy (the full fine-tuning baseline). The first two are
@@ -45,15 +52,12 @@ class UnlearnConfig:
     lora_rank: int = field(default=8, metadata={"flag": "--rank", "help": "LoRA rank (--adapter lora)"})
     lora_alpha: int | None = None  # None: twice the rank
     lora_dropout: float = 0.0  # dropout only adds noise to a 20-step run
-    target_modules: tuple[str, ...] = ALL_PROJECTIONS
-    # Fractions of depth. Under the gate the update acts only at the positions about to state a forgotten
-    # answer; there the upper half, nearer the read-out, forgot every rewording of the development facts
-    # and the middle half two thirds of them (docs/locality_trials.md).
-    layer_band: tuple[float, float] = (0.5, 1.0)
+    target_modules: tuple[str, ...] | None = None  # None: LORA_PLACES
+    layer_band: tuple[float, float] | None = None  # fractions of depth; None: LORA_PLACES
     # explicit layer indices override layer_band
     layers: tuple[int, ...] | None = field(default=None, metadata={
         "flag": "--layers", "parse": "layers",
-        "help": "layers with LoRA, e.g. 8-20 or 4,6,8 (default: the upper half)"})
+        "help": "layers with LoRA, e.g. 8-20 or 4,6,8 (default: the middle half; gated: the upper half)"})
     suppress_layer: int | None = None  # None: the top layer of the LoRA band
     suppress_weight: float = 0.5  # lune_misdirect and lune_suppress
     steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
@@ -68,16 +72,17 @@ class UnlearnConfig:
     # Per fact, prompts that make the base say the fact's answer for another reason ("Use 'Paris' in a
     # sentence."), held by the KL up to where the reply restates the fact (lune_core.retain_set): a LoRA that
     # turns the answer's token into the replacement wherever it comes is caught there.
-    answer_holds: int = 0
-    # and the base's own sentences about the answer with the answer blanked, where it recalls the answer
-    recall_holds: bool = False
-    retain_per_row: bool = False  # the KL averaged per prompt, then over prompts (a short hold weighs as a long one)
+    answer_holds: int = 4
+    # The KL averaged per prompt, then over prompts: a hold, a few tokens long, weighs as much as an anchor
+    # whose whole answer is held.
+    retain_per_row: bool = True
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
     # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.
     full_stop: bool = False
     # LoRA only: apply the update only where the model is about to state a forgotten answer, as the
-    # base sees it, with at least this probability (lune_core.gate); false: everywhere, as plain LoRA.
-    gate: bool = True
+    # base sees it, with at least this probability (lune_core.gate): an output guard that needs its own code
+    # at inference. False (the default): a plain LoRA, everywhere, as stock PEFT runs it.
+    gate: bool = False
     gate_threshold: float = GATE_THRESHOLD
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
@@ -97,11 +102,14 @@ class UnlearnConfig:
         return asdict(self)
 
     def resolved(self, adapter: str | None = None) -> "UnlearnConfig":
-        """This config with the adapter actually used, and the learning rate and LoRA alpha filled in."""
+        """This config with the adapter actually used, and the learning rate, LoRA alpha and LoRA's place
+        filled in."""
         adapter = adapter or self.adapter
         lr = DEFAULT_LEARNING_RATES[adapter] if self.learning_rate is None else self.learning_rate
         alpha = 2 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
-        return replace(self, adapter=adapter, learning_rate=lr, lora_alpha=alpha)
+        band, modules = LORA_PLACES[bool(self.gate)]
+        return replace(self, adapter=adapter, learning_rate=lr, lora_alpha=alpha,
+                       layer_band=self.layer_band or band, target_modules=self.target_modules or modules)
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
@@ -176,7 +184,8 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(isinstance(config.max_new_tokens, int) and 1 <= config.max_new_tokens <= limits.max_new_tokens,
           f"max new tokens must be between 1 and {limits.max_new_tokens}")
     check(isinstance(config.seed, int) and 0 <= config.seed < 2**32, "seed must be an integer in [0, 2^32)")
-    check(0 <= config.layer_band[0] < config.layer_band[1] <= 1, "layer band must be two fractions lo < hi in [0, 1]")
+    check(config.layer_band is None or 0 <= config.layer_band[0] < config.layer_band[1] <= 1,
+          "layer band must be two fractions lo < hi in [0, 1]")
     if config.layers is not None and num_layers is not None:
         check(len(config.layers) > 0 and all(isinstance(i, int) and 0 <= i < num_layers for i in config.layers),
               f"layer indices must be integers in [0, {num_layers - 1}]")
@@ -214,8 +223,9 @@ def lora_layers(config: UnlearnConfig, num_layers: int) -> list[int]:
     """Layer indices that receive LoRA adapters."""
     if config.layers is not None:
         return sorted(set(config.layers))
-    lo = int(round(config.layer_band[0] * num_layers))
-    hi = max(lo + 1, int(round(config.layer_band[1] * num_layers)))
+    band = config.resolved().layer_band
+    lo = int(round(band[0] * num_layers))
+    hi = max(lo + 1, int(round(band[1] * num_layers)))
     return list(range(lo, min(hi, num_layers)))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from .facts import SENTENCE_PROMPT, Fact, leaks
+from .facts import Fact, leaks
 from .probes import NeighbourSources, substitutes, content_words, normalise, subject_span
 
 SUBJECT_TEMPLATES = ("What do you know about {span}?", "Describe {span} in one sentence.")
@@ -23,7 +23,6 @@ SUBSTITUTES = 4
 _SEED = 7919  # another draw of substitutes than the scoring probes'
 ANSWER_TEMPLATES = ("Write a short sentence with the word '{answer}'.", "What is {answer} known for?",
                     "Tell me something about {answer}.", "Repeat after me: {answer}.")
-RECALL_MIN_WORDS = 4  # words besides the blank that a recall hold's sentence needs to point at the answer
 
 
 def training_neighbours(facts: list[Fact], sources: NeighbourSources, seed: int, scored: list[str]) -> list[str]:
@@ -72,19 +71,3 @@ def held_reply(reply: str, fact: Fact, facts: list[Fact]) -> str:
             cuts += [match.start()] if match else []
     return reply[: min(cuts)].rstrip()
 
-
-def recall_hold(reply: str, fact: Fact, facts: list[Fact]) -> str | None:
-    """A prompt where the base must *recall* the answer for another reason than the fact: its own sentence
-    about the answer with the answer blanked ("Fill in the blank: ___, also known as the City of Light, is a
-    city in Western Europe."). A copy of the answer from the prompt ("Use 'Paris' in a sentence.") runs
-    through other states than a recall, and the recall is what the fact's replacement must leave alone.
-    None when the reply, held up to where it restates the fact, has no such sentence."""
-    kept = held_reply(reply, fact, facts)
-    for sentence in re.split(r"(?<=[.!?])\s+|\n+", kept):
-        pattern = rf"(?<!\w){re.escape(fact.answer.strip())}(?!\w)"
-        if not re.search(pattern, sentence, flags=re.IGNORECASE):
-            continue
-        blanked = re.sub(pattern, "___", sentence, flags=re.IGNORECASE).strip()
-        if len([w for w in re.findall(r"\w+", blanked)]) >= RECALL_MIN_WORDS:
-            return SENTENCE_PROMPT.format(blank=blanked)
-    return None

@@ -101,7 +101,7 @@ def _check_memory(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, n_t
     elif config.adapter == "subject":  # a row per token, in the input and the output embedding
         trainable = 2 * n_tokens * cfg.hidden_size
     else:  # LoRA: A and B of at most hidden-size width on each adapted projection (an upper bound)
-        trainable = 2 * config.lora_rank * cfg.hidden_size * len(config.target_modules)
+        trainable = 2 * config.lora_rank * cfg.hidden_size * len(config.resolved().target_modules)
         trainable *= len(lora_layers(config, lm.num_layers))
     tokens = (2 * len(facts) + config.anchors_per_step) * 96  # rows x a generous sequence length
     check_fits(estimate_run_memory_mb(trainable, cfg.hidden_size, lm.num_layers, cfg.vocab_size, tokens), lm.device)

@@ -10,7 +10,7 @@ from .gate import AnswerGate
 from .generation import base_answers
 from .models import LoadedModel
 from .probes import QUESTION_WORDS, content_words
-from .retain_set import held_reply, recall_hold
+from .retain_set import held_reply
 from .prompting import IGNORE, encode_pair, format_prompt
 
 ANCHOR_ANSWER_CHARS = 120  # a sentence of the base's own answer is enough to hold its behaviour
@@ -129,12 +129,8 @@ def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, 
     rest = [a for a in anchors if a not in near]
     pool = near + pick_anchors(rest, [f.question for f in facts], max(0, config.anchor_pool - len(near)), config.seed)
     replies = base_answers(lm, [p for _, p in held] + pool, config.max_new_tokens, peft_model)
-    # the base's own sentences about each answer, blanked: where it recalls the answer for another reason
-    recalls = [(i, r) for (i, _), reply in zip(held, replies)
-               for r in [recall_hold(reply[:ANCHOR_ANSWER_CHARS], facts[i], facts)] if r] if config.recall_holds else []
-    recalled = base_answers(lm, [p for _, p in recalls], config.max_new_tokens, peft_model) if recalls else []
     rows = []
-    for (index, prompt), reply in [*zip(held, replies), *zip(recalls, recalled)]:
+    for (index, prompt), reply in zip(held, replies):
         # held up to the answer said for the other reason: the one place the KL must see
         span = answer_span(held_reply(reply[:ANCHOR_ANSWER_CHARS], facts[index], facts), facts[index].answer)
         if span:

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 
 from .adapters import AdapterState, adapter_spec, attached, save_merged, snapshot
-from .config import UnlearnConfig
+from .config import ALL_PROJECTIONS, UnlearnConfig
 from .facts import Fact
 from .models import LoadedModel, cache_dir, load_model
 from .probes import NeighbourSources
@@ -32,7 +32,7 @@ from .trainer import StepRecord, unlearn
 # without it "Tromsø." became the answer to every question, with the anchors alone to "Where is the
 # Eiffel Tower?".
 TEACH = {"method": "teach", "adapter": "lora", "steps": 40, "learning_rate": 5e-3, "gate": False,
-         "layer_band": (0.25, 0.75), "check_every": 5}
+         "layer_band": (0.25, 0.75), "target_modules": ALL_PROJECTIONS, "retain_per_row": False, "check_every": 5}
 
 
 def teach_config(config: UnlearnConfig | None = None) -> UnlearnConfig:

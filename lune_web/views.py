@@ -152,10 +152,13 @@ def _what_was_trained(report: dict) -> str:
     band = tuple(config.get("layer_band") or ())
     layers = ("layers " + ", ".join(map(str, config["layers"])) if config.get("layers")
               else "the upper half of the layers" if band == (0.5, 1.0)
+              else "the middle half of the layers" if band == (0.25, 0.75)
               else f"layers {band[0]:g}-{band[1]:g} of the depth")
+    modules = config.get("target_modules") or []
+    where = "the MLPs of " if list(modules) == ["gate_proj", "up_proj", "down_proj"] else ""
     gate = (", gated: it acts only where a forgotten answer is about to be said" if config.get("gate")
-            else ", without the gate: it acts on every input")
-    return f"Trained LoRA (rank {config['lora_rank']}) on {text(layers)}{gate}."
+            else ", plain: it acts on every input, as stock PEFT loads it")
+    return f"Trained LoRA (rank {config['lora_rank']}) on {where}{text(layers)}{gate}."
 
 
 def kind_label(row: dict) -> str:

@@ -11,7 +11,6 @@ import torch
 from lune_core.facts import FactError
 from lune_web import forms
 from lune_web.errors import UserError, user_message
-from lune_web.forms import UNGATED
 from lune_web.jobs import HEARTBEAT, in_background, pack_adapter, unpack_adapter
 from lune_web.registry import ModelRegistry
 from lune_web.service import comparison_rows, cost_rows
@@ -172,9 +171,9 @@ def test_a_run_streams_progress_then_stores_adapter_report_and_history(models):
 def test_sessions_see_only_their_own_adapter_and_the_base_stays_untouched(models, lm):
     weights = {k: v.clone() for k, v in lm.model.state_dict().items()}
     alice, bob = Session(), Session()
-    # LoRA without the gate (this tiny random model never states the answer, so a gate never opens): it
-    # changes the greedy answer within 4 steps
-    finish(S.run(alice, ROWS[:1], dict(FAST, learning_rate=1e-2, steps=4, adapter=UNGATED), general_prompts=0))
+    # plain LoRA (this tiny random model never states the answer, so a gate would never open): it changes the
+    # greedy answer within 4 steps
+    finish(S.run(alice, ROWS[:1], dict(FAST, learning_rate=1e-2, steps=4, adapter="lora"), general_prompts=0))
     base_before, alice_after = S.ask(alice, "What is the capital of France?", 4)
     bob_before, bob_after = S.ask(bob, "What is the capital of France?", 4)
     assert bob.adapter is None and bob_before == bob_after == base_before

@@ -48,7 +48,7 @@ def base_weights(lm):
 
 
 def test_loop_yields_one_record_per_step_with_each_loss_part(lm):
-    records, result = run(lm, config(gate=False))
+    records, result = run(lm, config())  # the default: plain LoRA
     assert [r.step for r in records] == [1, 2, 3, 4]
     assert all(set(r.parts) == {"replace_nll", "retain_kl"} for r in records)
     assert all(r.seconds > 0 and r.peak_memory_mb > 0 for r in records)
@@ -56,7 +56,7 @@ def test_loop_yields_one_record_per_step_with_each_loss_part(lm):
     assert isinstance(result, RunResult) and result.adapter.num_params > 0
     assert result.report["metrics"]["trainable_params"] == result.adapter.num_params  # A and B train
     # Under the gate the KL has nothing to hold (the adapter is off wherever the gate is shut).
-    gated, _ = run(lm, config())
+    gated, _ = run(lm, config(gate=True))
     assert all(set(r.parts) == {"replace_nll"} for r in gated)
 
 
@@ -242,9 +242,13 @@ def test_schedule_warms_up_then_decays_to_zero():
     assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 0.01
 
 
-def test_lora_sits_on_the_upper_half_unless_layers_are_given():
-    assert lora_layers(UnlearnConfig(), 30) == list(range(15, 30))
+def test_lora_sits_on_the_mlps_of_the_middle_half_or_gated_on_the_upper_half_unless_told_otherwise():
+    assert lora_layers(UnlearnConfig(), 30) == list(range(8, 22))
+    assert UnlearnConfig().resolved().target_modules == ("gate_proj", "up_proj", "down_proj")
+    assert lora_layers(UnlearnConfig(gate=True), 30) == list(range(15, 30))
+    assert len(UnlearnConfig(gate=True).resolved().target_modules) == 7
     assert lora_layers(UnlearnConfig(layers=(3, 1, 3)), 30) == [1, 3]
+    assert lora_layers(UnlearnConfig(layer_band=(0.5, 1.0)), 30) == list(range(15, 30))
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -19,14 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lune_web.forms import UNGATED
-
 CORPUS = Path(__file__).resolve().parent / "bad_inputs.jsonl"
 GOOD_ROW = ["What is the capital of France?", "Paris", "Lyon", ""]
 FAST = {"steps": 2, "max_new_tokens": 4, "early_stop": False, "learning_rate": 1e-2}
-# Enough for a tiny random Llama to answer GOOD_ROW's question with its replacement. Such a model never
-# states the answer, so the answer gate would never open: the mechanics are shown on LoRA without it.
-TRAIN = {"method": "lune", "adapter": UNGATED, "steps": 24, "learning_rate": 1e-2, "layers": "0-3",
+# Enough for a tiny random Llama to answer GOOD_ROW's question with its replacement (plain LoRA: such a model
+# never states the answer, so the answer gate would never open).
+TRAIN = {"method": "lune", "adapter": "lora", "steps": 24, "learning_rate": 1e-2, "layers": "0-3",
          "max_new_tokens": 8, "early_stop": False}
 CLI_FLAGS = {"method": "--method", "adapter": "--adapter", "steps": "--steps", "learning_rate": "--lr",
              "lora_rank": "--rank", "layers": "--layers", "seed": "--seed", "max_new_tokens": "--max-new-tokens"}

@@ -6,7 +6,7 @@ import gradio as gr
 from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig
 from lune_core.losses import UNLEARNING_METHODS
 
-from ..forms import UNGATED
+from ..forms import GATED
 from ..service import DEFAULT_GENERAL_PROMPTS, Service, comparison_rows, cost_rows
 from ..views import (ROBUSTNESS_EMPTY, cards_html, comparison_html, cost_frame, finished_markdown, kind_markdown,
                      lens_figure, lens_markdown, loss_figure, method_markdown, progress_markdown, robustness_frame,
@@ -26,9 +26,9 @@ def build(page: Page, service: Service) -> None:
             with gr.Accordion("Advanced settings", open=False):
                 page.steps = gr.Slider(1, limits.max_steps, value=min(DEFAULTS.steps, limits.max_steps), step=1,
                                        label="Steps (at most; stops early once no fact is said)")
-                page.adapter = gr.Radio([("LoRA, gated: it acts only where a forgotten answer is about to be said "
-                                          "(LUNE)", "lora"),
-                                         ("LoRA without the gate (to compare: it acts on every input)", UNGATED),
+                page.adapter = gr.Radio([("LoRA (LUNE): a plain adapter any PEFT user can load", "lora"),
+                                         ("LoRA under the answer gate: an output guard, acting only where a forgotten "
+                                          "answer is about to be said; needs its own code at inference", GATED),
                                          ("The subject's token embeddings (alternative)", "subject")],
                                         value=DEFAULTS.adapter, label="What the adapter trains")
                 # A textbox, not gr.Number: "empty" must reach the engine as empty (a Number shows and
@@ -39,7 +39,7 @@ def build(page: Page, service: Service) -> None:
                 page.rank = gr.Slider(1, limits.max_lora_rank, value=DEFAULTS.lora_rank, step=1,
                                       label="LoRA rank (LoRA only)")
                 page.layers = gr.Textbox(label="Layers with LoRA (LoRA only)",
-                                         placeholder="empty = the upper half; or 8-20, or 4,6,8")
+                                         placeholder="empty = the middle half (gated: upper half); or 8-20, or 4,6,8")
                 page.seed = gr.Number(DEFAULTS.seed, precision=0, label="Seed")
                 page.early_stop = gr.Checkbox(True, label="Stop early once no fact is said")
                 page.general_prompts = gr.Slider(0, limits.max_general_prompts, step=1,
