@@ -74,10 +74,10 @@ VARIANTS = {
     # The answer gate (lune_core.gate), the default of sessions 16-17: LoRA on every projection of the upper
     # half, its update applied only where the base is about to state a forgotten answer. An output guard
     # that needs its own code at inference.
-    "lune_gated": {"method": "lune", "gate": True, **_BEFORE},
+    "lune_gated": {"method": "lune", "adapter": "gated", **_BEFORE},
     # Plain LoRA as it was before the eighteenth session: the gate's layers, a KL on the facts' neighbours
     # and anchors, no answer holds. What the default's changes alone bring.
-    "lune_ungated": {"method": "lune", "gate": False, **_BEFORE},
+    "lune_ungated": {"method": "lune", "adapter": "lora", **_BEFORE},
     # LUNE's loss on the subject's token embeddings instead of LoRA (the default of sessions 6-8):
     # what the choice of adapter alone changes
     "lune_subject": {"method": "lune", "adapter": "subject"},
@@ -86,17 +86,17 @@ VARIANTS = {
     "full_ft": {"method": "lune", "adapter": "full", "learning_rate": FULL_FT_LR},
     # The paper's recipe as a public reimplementation reads it: LoRA r16, alpha 16, dropout 0.05 on
     # every projection of every layer, AdamW 2e-4, NLL on the negative examples only (no retain term).
-    "paper_recipe": {"method": "lune", "adapter": "lora", "gate": False, "lora_rank": 16, "lora_alpha": 16,
+    "paper_recipe": {"method": "lune", "adapter": "lora", "lora_rank": 16, "lora_alpha": 16,
                      "target_modules": ALL_PROJECTIONS, "answer_holds": 0, "retain_per_row": False,
                      "lora_dropout": 0.05, "layer_band": (0.0, 1.0), "learning_rate": 2e-4, "retain_weight": 0.0,
                      "neighbour_anchors": 0},
     # The field's baselines as the field runs them: plain LoRA (no gate), their losses as published.
-    "grad_ascent": {"method": "grad_ascent", "gate": False},
-    "npo": {"method": "npo", "gate": False},
-    "simnpo": {"method": "simnpo", "gate": False},
+    "grad_ascent": {"method": "grad_ascent"},
+    "npo": {"method": "npo"},
+    "simnpo": {"method": "simnpo"},
 }
 # Settings that the CLI takes through `--set FIELD=VALUE` rather than a flag of their own.
-_SET_FIELDS = ("gate", "lora_alpha", "lora_dropout", "layer_band", "target_modules", "retain_weight", "lora_rank",
+_SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "target_modules", "retain_weight", "lora_rank",
                "neighbour_anchors", "answer_holds", "retain_per_row")
 # Settings added after some saved runs were made: absent from such a run's config, they were off.
 _ADDED_LATER = {"answer_holds": 0, "retain_per_row": False}
@@ -144,6 +144,8 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
         config, metrics = saved["config"], saved["metrics"]
         if config.pop("full_finetune", False):  # saved before full fine-tuning became adapter "full"
             config["adapter"] = "full"
+        if config.pop("gate", False) and config["adapter"] == "lora":  # saved before the gate became "gated"
+            config["adapter"] = "gated"
     except (OSError, ValueError, KeyError):
         return None
     settings = dict(method_settings(method), seed=seed, steps=steps)

@@ -65,7 +65,7 @@ def forgetting_kind(config: dict) -> str:
     if config.get("adapter") == "subject":
         return ("Weights adapted for a few words: the embeddings of the tokens naming each fact's subject change "
                 "every text that contains them, in any wording or load, and no text without them.")
-    if config.get("gate"):
+    if config.get("adapter") == "gated" or config.get("gate"):  # "gate": reports saved before the kind
         return ("Output suppressed where a condition holds: the LoRA acts only where the base is about to say a "
                 "listed spelling of a forgotten answer in a text sharing a word with its question. It withstands "
                 "other forms of the same words; not rewordings in other words, other languages or spellings, "

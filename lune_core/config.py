@@ -16,16 +16,18 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # facts with the same answer than on every projection of the upper half (docs/locality_trials.md). Under
 # the answer gate the update acts only where the answer is about to be said: there the upper half, nearer
 # the read-out, forgot every rewording of the development facts (docs/locality_trials_earlier.md).
-LORA_PLACES = {False: ((0.25, 0.75), MLP_PROJECTIONS), True: ((0.5, 1.0), ALL_PROJECTIONS)}
-# What a run trains. "lora": LoRA on the projections of a band of layers (LUNE's adapter, the
-# default); "subject": the embeddings of the tokens that name each fact's subject (lune_core.subject);
-# "full": every weight of a full-precision copy (the full fine-tuning baseline). The first two are
-# adapters over the frozen base; all three go through the same run pipeline.
-ADAPTERS = ("lora", "subject", "full")
+LORA_PLACES = {"lora": ((0.25, 0.75), MLP_PROJECTIONS), "gated": ((0.5, 1.0), ALL_PROJECTIONS)}
+# What a run trains. "lora": a plain LoRA on a band of layers (LUNE's adapter, the default); "gated": the
+# same LoRA under the answer gate (lune_core.gate), an output guard that needs its own code at inference;
+# "subject": the embeddings of the tokens that name each fact's subject (lune_core.subject); "full": every
+# weight of a full-precision copy (the full fine-tuning baseline). The first three are adapters over the
+# frozen base; all four go through the same run pipeline.
+ADAPTERS = ("lora", "gated", "subject", "full")
+LORA_ADAPTERS = ("lora", "gated")
 SCHEDULES = ("cosine", "constant")  # of the learning rate (the relearning attack runs at a constant one)
 # Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
 # full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
-DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "full": 2e-5}
+DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "gated": 1e-3, "full": 2e-5}
 
 
 @dataclass
@@ -35,12 +37,12 @@ class UnlearnConfig:
     # "flag": the command-line flag that sets the field (lune_core.cli builds its arguments from it).
     method: str = field(default="lune", metadata={"flag": "--method",
                         "help": "one of: " + ", ".join(UNLEARNING_METHODS)})
-    # LoRA under the answer gate (lune_core.gate) on the upper half of the layers: the variants tried and
-    # their figures are in docs/locality_trials.md. A "subject" run where no question has a subject word
-    # falls back to "lora".
-    adapter: str = field(default="lora", metadata={"flag": "--adapter", "help": "lora (default): LoRA on a band of "
-                         "layers; subject: the embeddings of the tokens naming each fact's subject; full: every "
-                         "weight of a full-precision copy (the full fine-tuning baseline)"})
+    # What was tried and measured: docs/locality_trials.md. A "subject" run where no question has a subject
+    # word falls back to "lora".
+    adapter: str = field(default="lora", metadata={"flag": "--adapter", "help": "lora (default): a plain LoRA "
+                         "on a band of layers; gated: the same LoRA under the answer gate, which needs its own "
+                         "code at inference; subject: the embeddings of the tokens naming each fact's subject; "
+                         "full: every weight of a full-precision copy (the full fine-tuning baseline)"})
     # an upper bound; the run stops earlier once the facts stop leaking
     steps: int = field(default=30, metadata={"flag": "--steps", "help": "at most this many steps"})
     learning_rate: float | None = field(default=None, metadata={"flag": "--lr", "help": "learning rate (default: "
@@ -79,10 +81,8 @@ class UnlearnConfig:
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
     # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.
     full_stop: bool = False
-    # LoRA only: apply the update only where the model is about to state a forgotten answer, as the
-    # base sees it, with at least this probability (lune_core.gate): an output guard that needs its own code
-    # at inference. False (the default): a plain LoRA, everywhere, as stock PEFT runs it.
-    gate: bool = False
+    # Adapter "gated": the update acts only where the model is about to state a forgotten answer, as the
+    # base sees it, with at least this probability (lune_core.gate).
     gate_threshold: float = GATE_THRESHOLD
     npo_beta: float = 0.1
     simnpo_beta: float = 4.5
@@ -107,13 +107,16 @@ class UnlearnConfig:
         adapter = adapter or self.adapter
         lr = DEFAULT_LEARNING_RATES[adapter] if self.learning_rate is None else self.learning_rate
         alpha = 2 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
-        band, modules = LORA_PLACES[bool(self.gate)]
+        band, modules = LORA_PLACES["gated" if adapter == "gated" else "lora"]
         return replace(self, adapter=adapter, learning_rate=lr, lora_alpha=alpha,
                        layer_band=self.layer_band or band, target_modules=self.target_modules or modules)
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
         known = {f.name for f in fields(cls)}
+        data = dict(data)
+        if data.pop("gate", False) and data.get("adapter", "lora") == "lora":  # saved before "gated" was a kind
+            data["adapter"] = "gated"
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")

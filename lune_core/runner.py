@@ -18,7 +18,7 @@ from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import (answer_fluency, answer_logprobs, compute_metrics, fluency_metrics, likelihood_metrics,
                          score_probes, token_logprobs)
 from .lens import lens, lens_inputs, lens_metrics, lens_report
-from .sequences import answer_sequences, build_training_data, gate_spec, gated, gated_run
+from .sequences import answer_sequences, build_training_data, gate_spec, gated
 from .facts import Fact, FactError, leaks, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
@@ -160,7 +160,7 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
         context = nullcontext(None)
     else:
         spec = adapter_spec(config, lm.num_layers, list(tokens))
-        if gated_run(config):
+        if config.adapter == "gated":
             spec["gate"] = gate_spec(lm.tokenizer, facts, config.gate_threshold)
         torch.manual_seed(config.seed)  # LoRA A is initialised randomly
         context = attached(lm, spec)

@@ -104,7 +104,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
         texts.append(text)
     # The negative ends the answer ("… is Lyon." and the end of the turn) under the answer gate, which
     # shuts once it is written (the base, left to go on, would say the answer again), and with full_stop.
-    gated = gated_run(config)
+    gated = config.adapter == "gated"
     ends = gated or config.full_stop
     target = []
     for fact, answer in zip(facts, answers):
@@ -167,10 +167,6 @@ def gate_spec(tokenizer, facts: list[Fact], threshold: float) -> dict:
                      and any(c.isalnum() for c in w)])  # not a typed sentence's blank, "___"
     return {"threshold": threshold, "answers": answers, "keys": keys, "negatives": [[] for _ in facts],
             "reply": reply_marker(tokenizer)}
-
-
-def gated_run(config) -> bool:
-    return config.gate and config.adapter == "lora"
 
 
 def gated(data: TrainingData, gate: AnswerGate) -> TrainingData:

@@ -31,7 +31,7 @@ from .trainer import StepRecord, unlearn
 # holds the shipped anchors and the facts' own neighbours (their question about other subjects):
 # without it "Tromsø." became the answer to every question, with the anchors alone to "Where is the
 # Eiffel Tower?".
-TEACH = {"method": "teach", "adapter": "lora", "steps": 40, "learning_rate": 5e-3, "gate": False,
+TEACH = {"method": "teach", "adapter": "lora", "steps": 40, "learning_rate": 5e-3,
          "layer_band": (0.25, 0.75), "target_modules": ALL_PROJECTIONS, "retain_per_row": False, "check_every": 5}
 
 

@@ -20,8 +20,6 @@ FACT_COLUMNS = ["question", "answer to forget", "replacement (optional)", "parap
                 "must stay right (optional: question -> answer | …)"]
 # The settings form's fields and the config field each one sets; the rest keep UnlearnConfig's defaults.
 SETTING_FIELDS = ("method", "adapter", "steps", "learning_rate", "lora_rank", "layers", "seed", "max_new_tokens")
-# The form's name for LoRA under the answer gate (UnlearnConfig adapter "lora", gate true).
-GATED = "lora_gated"
 
 
 def _cell(value) -> str:
@@ -133,8 +131,7 @@ def make_config(settings: dict, num_layers: int, limits: RunLimits) -> UnlearnCo
         raise UserError(str(err)) from None
     adapter = str(settings.get("adapter") or default.adapter)
     config = UnlearnConfig(
-        method=str(settings.get("method") or default.method), adapter="lora" if adapter == GATED else adapter,
-        gate=adapter == GATED, learning_rate=lr, layers=layers,
+        method=str(settings.get("method") or default.method), adapter=adapter, learning_rate=lr, layers=layers,
         check_every=default.check_every if settings.get("early_stop", True) else 0, **values)
     try:
         validate_config(config, num_layers, limits)

@@ -156,7 +156,8 @@ def _what_was_trained(report: dict) -> str:
               else f"layers {band[0]:g}-{band[1]:g} of the depth")
     modules = config.get("target_modules") or []
     where = "the MLPs of " if list(modules) == ["gate_proj", "up_proj", "down_proj"] else ""
-    gate = (", gated: it acts only where a forgotten answer is about to be said" if config.get("gate")
+    gated = config.get("adapter") == "gated" or config.get("gate")  # "gate": reports saved before the kind
+    gate = (", gated: it acts only where a forgotten answer is about to be said" if gated
             else ", plain: it acts on every input, as stock PEFT loads it")
     return f"Trained LoRA (rank {config['lora_rank']}) on {where}{text(layers)}{gate}."
 

@@ -56,7 +56,7 @@ def test_loop_yields_one_record_per_step_with_each_loss_part(lm):
     assert isinstance(result, RunResult) and result.adapter.num_params > 0
     assert result.report["metrics"]["trainable_params"] == result.adapter.num_params  # A and B train
     # Under the gate the KL has nothing to hold (the adapter is off wherever the gate is shut).
-    gated, _ = run(lm, config(gate=True))
+    gated, _ = run(lm, config(adapter="gated"))
     assert all(set(r.parts) == {"replace_nll"} for r in gated)
 
 
@@ -180,7 +180,7 @@ def test_the_anchor_reference_in_batches_is_each_anchor_on_its_own(lm):
 
 def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forward(lm):
     facts = facts_from_records(FACTS)
-    data = build_training_data(lm, facts, ANCHORS, config(gate=False))
+    data = build_training_data(lm, facts, ANCHORS, config())
     groups = {"target": data.target, "forget": data.forget, "anchor": data.anchor}
     views = Forward(lm.model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True)(groups)
     for name, rows in groups.items():
@@ -245,8 +245,8 @@ def test_schedule_warms_up_then_decays_to_zero():
 def test_lora_sits_on_the_mlps_of_the_middle_half_or_gated_on_the_upper_half_unless_told_otherwise():
     assert lora_layers(UnlearnConfig(), 30) == list(range(8, 22))
     assert UnlearnConfig().resolved().target_modules == ("gate_proj", "up_proj", "down_proj")
-    assert lora_layers(UnlearnConfig(gate=True), 30) == list(range(15, 30))
-    assert len(UnlearnConfig(gate=True).resolved().target_modules) == 7
+    assert lora_layers(UnlearnConfig(adapter="gated"), 30) == list(range(15, 30))
+    assert len(UnlearnConfig(adapter="gated").resolved().target_modules) == 7
     assert lora_layers(UnlearnConfig(layers=(3, 1, 3)), 30) == [1, 3]
     assert lora_layers(UnlearnConfig(layer_band=(0.5, 1.0)), 30) == list(range(15, 30))
 

@@ -32,7 +32,7 @@ def result():
 
 @pytest.fixture(scope="module")
 def gated():
-    return _run(UnlearnConfig(gate=True))
+    return _run(UnlearnConfig(adapter="gated"))
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,8 @@ def test_the_gate_keys_on_the_question_words_and_its_blind_spot_is_visible(gated
     assert m["general_retention"] >= 0.95, lost(gated.report)
     assert "Output suppressed where a condition holds" in gated.report["forgetting_kind"]
     config, spec = gated.report["config"], gated.adapter.spec
-    assert config["gate"] and spec["kind"] == "lora" and spec["layers_to_transform"] == list(range(15, 30))
+    assert config["adapter"] == "gated" and spec["kind"] == "lora"
+    assert spec["layers_to_transform"] == list(range(15, 30))
     # the gate knows each fact's answer and the negative it lets the adapter write
     assert len(spec["gate"]["answers"]) == 3 and all(spec["gate"]["negatives"])
     # A (8 x in) and B (out x 8) on q, o; k, v (3 key-value heads of 64); gate, up, down (SmolLM2: 576, MLP 1536)
@@ -103,7 +104,7 @@ def test_the_general_answers_the_model_got_right_stay_right(report):
 
 def test_the_default_is_a_plain_lora_on_the_mlps_of_the_middle_half(result, report):
     config = report["config"]
-    assert config["adapter"] == "lora" and not config["gate"] and "edited_tokens" not in report
+    assert config["adapter"] == "lora" and "edited_tokens" not in report
     spec = result.adapter.spec
     assert spec["kind"] == "lora" and "gate" not in spec and spec["layers_to_transform"] == list(range(8, 22))
     assert spec["target_modules"] == ["gate_proj", "up_proj", "down_proj"]

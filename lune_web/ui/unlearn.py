@@ -6,7 +6,6 @@ import gradio as gr
 from lune_core.config import DEFAULT_LEARNING_RATES, UnlearnConfig
 from lune_core.losses import UNLEARNING_METHODS
 
-from ..forms import GATED
 from ..service import DEFAULT_GENERAL_PROMPTS, Service, comparison_rows, cost_rows
 from ..views import (ROBUSTNESS_EMPTY, cards_html, comparison_html, cost_frame, finished_markdown, kind_markdown,
                      lens_figure, lens_markdown, loss_figure, method_markdown, progress_markdown, robustness_frame,
@@ -28,7 +27,7 @@ def build(page: Page, service: Service) -> None:
                                        label="Steps (at most; stops early once no fact is said)")
                 page.adapter = gr.Radio([("LoRA (LUNE): a plain adapter any PEFT user can load", "lora"),
                                          ("LoRA under the answer gate: an output guard, acting only where a forgotten "
-                                          "answer is about to be said; needs its own code at inference", GATED),
+                                          "answer is about to be said; needs its own code at inference", "gated"),
                                          ("The subject's token embeddings (alternative)", "subject")],
                                         value=DEFAULTS.adapter, label="What the adapter trains")
                 # A textbox, not gr.Number: "empty" must reach the engine as empty (a Number shows and
