@@ -37,7 +37,7 @@ os.chdir(ROOT)  # a corpus case names one of the repository's folders as a model
 
 import torch  # noqa: E402
 
-from lune_core.models import embedded_model_dir  # noqa: E402
+from lune_core.embedded import embedded_model_dir  # noqa: E402
 from lune_deploy.config import load_deploy_config  # noqa: E402
 from lune_web.context import WebContext  # noqa: E402
 from lune_web.reliability import corpus, visitors  # noqa: E402

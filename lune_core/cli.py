@@ -10,7 +10,8 @@ from .config import RunLimits, UnlearnConfig, parse_layers, validate_config
 from .evaluation import flat_figures
 from .facts import FactError, load_facts, parse_sentences, validate_facts
 from .ids import EMBEDDED_MODEL
-from .models import ModelLoadError, short_message
+from .errors import ModelLoadError
+from .hub import short_message
 
 
 class UsageError(Exception):
@@ -122,7 +123,8 @@ def _facts(args, limits: RunLimits):
 
 def cmd_run(args) -> int:
     """Every check that needs no weights comes first, so a mistake costs a second, not a model load."""
-    from .models import load_config, load_model
+    from .models import load_model
+    from .sources import load_config
     from .generation import base_answers
     from .runner import RunResult, load_anchors, load_general, run_unlearning, save_report, unknown_facts_warning
 

@@ -20,7 +20,8 @@ from .adapters import AdapterState, attached, save_merged
 from .config import UnlearnConfig
 from .facts import Fact, leaks
 from .generation import base_answers, generate
-from .models import LoadedModel, cache_dir, load_model
+from .embedded import cache_dir
+from .models import LoadedModel, load_model
 from .probes import forget_probes, rewordings
 from .prompting import encode_pair
 from .sequences import TrainingData

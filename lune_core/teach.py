@@ -18,7 +18,8 @@ import torch
 from .adapters import AdapterState, adapter_spec, attached, save_merged, snapshot
 from .config import ALL_PROJECTIONS, UnlearnConfig
 from .facts import Fact
-from .models import LoadedModel, cache_dir, load_model
+from .embedded import cache_dir
+from .models import LoadedModel, load_model
 from .probes import NeighbourSources
 from .retain_set import training_neighbours
 from .prompting import encode_pair

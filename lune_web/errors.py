@@ -8,7 +8,8 @@ import torch
 
 from lune_core.facts import FactError
 from lune_core.memory import free_memory
-from lune_core.models import ModelLoadError, redact_token, short_message
+from lune_core.errors import ModelLoadError
+from lune_core.hub import redact_token, short_message
 
 log = logging.getLogger("lune.web")
 

@@ -20,7 +20,8 @@ from lune_core.config import UnlearnConfig  # noqa: E402
 from lune_core.evaluation import is_correct  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.generation import generate  # noqa: E402
-from lune_core.models import EMBEDDED_MODEL, load_model  # noqa: E402
+from lune_core.ids import EMBEDDED_MODEL  # noqa: E402
+from lune_core.models import load_model  # noqa: E402
 from lune_core.probes import paraphrase_kind  # noqa: E402
 
 VERIFIED = ROOT / "assets" / "VERIFIED.md"

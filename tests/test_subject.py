@@ -4,7 +4,7 @@ import torch
 
 from lune_core.config import UnlearnConfig
 from lune_core.facts import facts_from_records
-from lune_core.models import embedded_model_dir
+from lune_core.embedded import embedded_model_dir
 from lune_core.runner import load_anchors, run_unlearning
 from lune_core.subject import subject_token_ids, subject_words
 from tests.tiny import tiny_model

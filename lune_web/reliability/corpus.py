@@ -159,7 +159,7 @@ def run_session_case(S, session, case: Case) -> Outcome:
     """One case through the web service S (lune_web.service) on `session`, which holds a model, facts
     and a finished run."""
     from lune_core.facts import FactError
-    from lune_core.models import ModelLoadError
+    from lune_core.errors import ModelLoadError
     from lune_web.errors import UserError, user_message
 
     before = _session_state(session)

@@ -8,7 +8,7 @@ import secrets
 
 import gradio as gr
 
-from lune_core.models import cache_dir
+from lune_core.embedded import cache_dir
 
 from .. import forms
 from ..service import Service
