@@ -25,7 +25,7 @@ from .models import LoadedModel, load_model
 from .probes import forget_probes, rewordings
 from .prompting import encode_pair
 from .sequences import TrainingData
-from .trainer import unlearn
+from .pipeline import train_pipeline
 
 
 def _leak_rate(answers: list[str], probes, forgotten: list[bool]) -> float | None:
@@ -67,25 +67,30 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
     sources = [RELATED_PROMPT.format(question=q) for f in facts
                for q in [f.question, *(f.paraphrases or rewordings(f.question) or [f.question])[:1]]]
     owners = [f for f in facts for _ in range(2)]
-    with attached(lm, adapter.spec, adapter) as adapted:
-        peft_model = adapted.model
-        texts = base_answers(lm, sources, config.max_new_tokens, peft_model)
-        # At the run's own rate the adapter learnt these few texts by heart and said them to every
-        # probe: that hides the fact as well as unlearning does, so the attack runs at a tenth of it
-        # (1e-4 for LoRA, 1e-3 for subject embeddings).
-        if learning_rate is None:
-            learning_rate = config.resolved(adapter.spec["kind"]).learning_rate / 10
-        pairs = [(q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
-        pairs = [(q, t) for q, t in pairs if t] or [(q, f.question) for q, f in zip(sources, owners)]
-        data = TrainingData(target=[encode_pair(lm.tokenizer, q, t) for q, t in pairs], forget=[], anchor=[],
+    # At the run's own rate the adapter learnt these few texts by heart and said them to every probe: that
+    # hides the fact as well as unlearning does, so the attack runs at a tenth of it (1e-4 for LoRA, 1e-3 for
+    # subject embeddings).
+    if learning_rate is None:
+        learning_rate = config.resolved(adapter.spec["kind"]).learning_rate / 10
+    # Plain fine-tuning through the run's own pipeline: a constant rate, no clipping, nothing held.
+    attack = replace(config, method="finetune", adapter=adapter.spec["kind"], steps=steps,
+                     learning_rate=learning_rate, schedule="constant", max_grad_norm=math.inf, weight_decay=0.01,
+                     retain_weight=0.0, check_every=0, gradient_checkpointing=False)
+    pairs: list[tuple[str, str]] = []
+
+    def prepare(adapted) -> TrainingData:
+        texts = base_answers(lm, sources, config.max_new_tokens, adapted.model)
+        found = [(q, related_text(f, t)) for q, f, t in zip(sources, owners, texts)]
+        pairs.extend([(q, t) for q, t in found if t] or [(q, f.question) for q, f in zip(sources, owners)])
+        return TrainingData(target=[encode_pair(lm.tokenizer, q, t) for q, t in pairs], forget=[], anchor=[],
                             forget_texts=[])
-        # Plain fine-tuning through the run's own trainer: a constant rate, no clipping, nothing held.
-        attack = replace(config, method="finetune", adapter=adapter.spec["kind"], steps=steps,
-                         learning_rate=learning_rate, schedule="constant", max_grad_norm=math.inf, weight_decay=0.01,
-                         retain_weight=0.0, check_every=0, gradient_checkpointing=False)
-        for _ in unlearn(lm, peft_model, data, [], attack, peft_model=peft_model, gate=adapted.gate):
-            pass
-        after = generate(lm, prompts, config.max_new_tokens, model=peft_model, gate=adapted.gate)
+
+    def finish(adapted) -> list[str]:
+        return generate(lm, prompts, config.max_new_tokens, model=adapted.model, gate=adapted.gate)
+
+    for event in train_pipeline(lm, adapter.spec, attack, [], prepare, finish, state=adapter):
+        pass
+    after = event.finished
     return {"relearn_leak_rate": _leak_rate(after, probes, forgotten), "relearn_steps": steps,
             "relearn_texts": [{"prompt": q, "text": t} for q, t in pairs],
             "relearn_answers": [{"prompt": p, "after_relearning": a} for p, a in zip(prompts, after)]}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -12,13 +11,13 @@ import torch
 
 from . import __version__
 from .assets import asset
-from .adapters import AdapterState, adapter_spec, attached, forgetting_kind, snapshot
+from .adapters import AdapterState, adapter_spec, attached, forgetting_kind
 from .config import RunLimits, UnlearnConfig, lora_layers, validate_config
 from .cost import check_fits, count_params, estimate_run_memory_mb
 from .evaluation import (answer_fluency, answer_logprobs, compute_metrics, fluency_metrics, likelihood_metrics,
                          score_probes, token_logprobs)
 from .lens import lens, lens_inputs, lens_metrics, lens_report
-from .sequences import answer_sequences, build_training_data, gate_spec, gated
+from .sequences import TrainingData, answer_sequences, build_training_data, gate_spec, gated
 from .facts import Fact, FactError, leaks, read_jsonl
 from .generation import base_answers, generate
 from .memory import free_memory
@@ -27,7 +26,8 @@ from .prompting import encode_pair
 from .probes import NeighbourSources, build_probes, normalise
 from .retain_set import answer_holds, training_neighbours
 from .subject import subject_token_ids
-from .trainer import StepRecord, unlearn
+from .pipeline import train_pipeline
+from .trainer import StepRecord
 
 def load_general(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
     """General-knowledge questions {question, answers: [...]}, the first `limit` of them."""
@@ -139,6 +139,70 @@ def _fluency(model, lm: LoadedModel, pairs: list[tuple[str, str]], disable=None)
     return answer_fluency(model, seqs, lm.device, lm.tokenizer.pad_token_id, disable)
 
 
+class _Measurement:
+    """What a run asks the model, before training (prepare, which also builds the rows to train on) and
+    after (finish), inside the attached adapter: the pipeline's two hooks (lune_core.pipeline)."""
+
+    def __init__(self, lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
+                 anchors: list[str], sources: NeighbourSources):
+        self.lm, self.facts, self.config, self.general, self.anchors, self.sources = (
+            lm, facts, config, general, anchors, sources)
+
+    def prepare(self, adapted) -> TrainingData:
+        lm, facts, config = self.lm, self.facts, self.config
+        peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
+        model = peft_model if peft_model is not None else lm.model
+        mnt = config.max_new_tokens
+        self.fact_answers = base_answers(lm, [f.question for f in facts], mnt, peft_model)
+        self.probe_set = build_probes(facts, self.fact_answers, self.general, self.sources, config.seed)
+        self.probes = self.probe_set.probes
+        self.prompts, self.prefills = [p.prompt for p in self.probes], [p.prefill for p in self.probes]
+        self.before = base_answers(lm, self.prompts, mnt, peft_model, self.prefills)
+        # Never train on what scores the run: anchors that are also probes are left out.
+        scored = {normalise(p) for p in self.prompts}
+        self.train_anchors = [a for a in self.anchors if normalise(a) not in scored]
+        near = training_neighbours(facts, self.sources, config.seed, self.prompts)
+        holds = answer_holds(facts, config.answer_holds, self.prompts)
+        data = build_training_data(lm, facts, self.train_anchors, config, peft_model, neighbours=near, holds=holds)
+        if gate is not None:
+            data = gated(data, gate)
+        self.data = data
+        self.likelihood = _Likelihood(
+            true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, self.fact_answers)],
+            wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, self.fact_answers, self.probe_set.wrong)])
+        base = adapted.base if adapted is not None else (lambda: None)  # the same weights, adapter off
+        pad = lm.tokenizer.pad_token_id
+        self.before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
+        self.true_before, self.wrong_before = self.likelihood.measure(model, lm, base())
+        self.fluent = [i for i, p in enumerate(self.probes) if p.kind in FLUENCY_KINDS and not p.prefill]
+        self.nll_before = _fluency(model, lm, [(self.prompts[i], self.before[i]) for i in self.fluent], base())
+        self.lensed = [lens_inputs(lm.tokenizer, f, a) for f, a in zip(facts, self.fact_answers)]
+        self.lens_args = ([ids for ids, _, _ in self.lensed], [t for _, t, _ in self.lensed], lm.device, pad)
+        self.lens_before = lens(model, *self.lens_args, disable=base())
+        free_memory()  # the generation's freed caches, before training sets the peak
+        return data
+
+    def finish(self, adapted) -> None:
+        lm, config = self.lm, self.config
+        peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
+        model = peft_model if peft_model is not None else lm.model
+        mnt, pad, prompts = config.max_new_tokens, lm.tokenizer.pad_token_id, self.prompts
+        self.trainable, self.total = count_params(model)
+        self.after = generate(lm, prompts, mnt, model=model, prefills=self.prefills, gate=gate)
+        self.after_logp = answer_logprobs(model, self.data.forget, lm.device, pad, gate=gate)
+        self.true_after, self.wrong_after = self.likelihood.measure(model, lm, gate=gate)
+        self.lens_after = lens(model, *self.lens_args, gate=gate)
+        # The base reads the adapted answers: full fine-tuning changed the base itself, so it has none.
+        self.nll_after = (_fluency(model, lm, [(prompts[i], self.after[i]) for i in self.fluent], adapted.base())
+                          if peft_model is not None else None)
+        self.stock = None
+        if gate is not None:  # the LoRA everywhere, as PeftModel.from_pretrained runs it without the gate's code
+            asked = [i for i, p in enumerate(self.probes) if p.kind in STOCK_KINDS]
+            with gate.suspended():
+                stock_after = generate(lm, [prompts[i] for i in asked], mnt, model=peft_model)
+            self.stock = ([self.probes[i] for i in asked], [self.before[i] for i in asked], stock_after)
+
+
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
                    anchors: list[str], stop=None, limits: RunLimits | None = None,
                    sources: NeighbourSources | None = None) -> Iterator[StepRecord | RunResult]:
@@ -155,92 +219,35 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
     config = config.resolved("lora" if config.adapter == "subject" and not tokens else None)
     _check_memory(lm, facts, config, len(tokens))
     started = time.perf_counter()
-    records: list[StepRecord] = []
-    if config.adapter == "full":
-        context = nullcontext(None)
-    else:
+    spec = None
+    if config.adapter != "full":
         spec = adapter_spec(config, lm.num_layers, list(tokens))
         if config.adapter == "gated":
             spec["gate"] = gate_spec(lm.tokenizer, facts, config.gate_threshold)
-        torch.manual_seed(config.seed)  # LoRA A is initialised randomly
-        context = attached(lm, spec)
-    with context as adapted:
-        peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
-        model = peft_model if peft_model is not None else lm.model
-        mnt = config.max_new_tokens
-        fact_answers = base_answers(lm, [f.question for f in facts], mnt, peft_model)
-        probe_set = build_probes(facts, fact_answers, general, sources, config.seed)
-        probes = probe_set.probes
-        prompts, prefills = [p.prompt for p in probes], [p.prefill for p in probes]
-        before = base_answers(lm, prompts, mnt, peft_model, prefills)
-        # Never train on what scores the run: anchors that are also probes are left out.
-        scored = {normalise(p) for p in prompts}
-        train_anchors = [a for a in anchors if normalise(a) not in scored]
-        near = training_neighbours(facts, sources, config.seed, prompts)
-        holds = answer_holds(facts, config.answer_holds, prompts)
-        data = build_training_data(lm, facts, train_anchors, config, peft_model, neighbours=near, holds=holds)
-        if gate is not None:
-            data = gated(data, gate)
-        likelihood = _Likelihood(
-            true=[answer_sequences(lm, f, a, [f.answer])[0] for f, a in zip(facts, fact_answers)],
-            wrong=[answer_sequences(lm, f, a, w) for f, a, w in zip(facts, fact_answers, probe_set.wrong)])
-        def base():  # the base model's view: the same weights with the adapter off
-            return adapted.base() if adapted is not None else None
-
-        pad = lm.tokenizer.pad_token_id
-        before_logp = answer_logprobs(model, data.forget, lm.device, pad, base())
-        true_before, wrong_before = likelihood.measure(model, lm, base())
-        fluent = [i for i, p in enumerate(probes) if p.kind in FLUENCY_KINDS and not p.prefill]
-        nll_before = _fluency(model, lm, [(prompts[i], before[i]) for i in fluent], base())
-        lensed = [lens_inputs(lm.tokenizer, f, a) for f, a in zip(facts, fact_answers)]
-        lens_args = ([ids for ids, _, _ in lensed], [t for _, t, _ in lensed], lm.device, pad)
-        lens_before = lens(model, *lens_args, disable=base())
-        free_memory()  # the generation's freed caches, before training sets the peak
-        if config.adapter == "full":
-            for p in lm.model.parameters():
-                p.requires_grad_(True)
-        for record in unlearn(lm, model, data, facts, config, peft_model=peft_model, stop=stop, gate=gate):
-            records.append(record)
-            yield record
-        trainable, total = count_params(model)
-        model.eval()
-        after = generate(lm, prompts, mnt, model=model, prefills=prefills, gate=gate)
-        after_logp = answer_logprobs(model, data.forget, lm.device, pad, gate=gate)
-        true_after, wrong_after = likelihood.measure(model, lm, gate=gate)
-        lens_after = lens(model, *lens_args, gate=gate)
-        # The base reads the adapted answers: full fine-tuning changed the base itself, so it has none.
-        nll_after = (_fluency(model, lm, [(prompts[i], after[i]) for i in fluent], base())
-                     if peft_model is not None else None)
-        stock = None
-        if gate is not None:  # the LoRA everywhere, as PeftModel.from_pretrained runs it without the gate's code
-            asked = [i for i, p in enumerate(probes) if p.kind in STOCK_KINDS]
-            with gate.suspended():
-                stock_after = generate(lm, [prompts[i] for i in asked], mnt, model=peft_model)
-            stock = ([probes[i] for i in asked], [before[i] for i in asked], stock_after)
-        adapter = None
-        if peft_model is not None:
-            info = {"method": config.method, "facts": len(facts), "steps": len(records), "seed": config.seed}
-            # a gated adapter is saved with its gate as it ended: the negatives it writes, set in training
-            saved = {**spec, "gate": gate.spec} if gate is not None else spec
-            adapter = snapshot(peft_model, saved, info)
-    drop = float((before_logp - after_logp).mean())
-    rows = score_probes(probes, before, after)
-    lens_records = lens_report(lm.tokenizer, facts, fact_answers, lens_before, lens_after, lens_args[1],
-                               [o for _, _, o in lensed])
+    m = _Measurement(lm, facts, config, general, anchors, sources)
+    info = {"method": config.method, "facts": len(facts), "steps": 0, "seed": config.seed}
+    for event in train_pipeline(lm, spec, config, facts, m.prepare, m.finish, stop, info=info):
+        if isinstance(event, StepRecord):
+            yield event
+    records, adapter = event.records, event.adapter
+    drop = float((m.before_logp - m.after_logp).mean())
+    rows = score_probes(m.probes, m.before, m.after)
+    lens_records = lens_report(lm.tokenizer, facts, m.fact_answers, m.lens_before, m.lens_after, m.lens_args[1],
+                               [o for _, _, o in m.lensed])
     said = {r["fact"]: r["leaked_before"] and not r["leaked_after"] for r in rows if r["kind"] == "forget"}
-    figures = {**likelihood_metrics(true_before, wrong_before, true_after, wrong_after),
-               **fluency_metrics(nll_before, nll_after),
+    figures = {**likelihood_metrics(m.true_before, m.wrong_before, m.true_after, m.wrong_after),
+               **fluency_metrics(m.nll_before, m.nll_after),
                **lens_metrics(lens_records, [said.get(i, False) for i in range(len(facts))])}
-    report = _report(lm, config, facts, records, rows, drop, figures, trainable, total, started)
+    report = _report(lm, config, facts, records, rows, drop, figures, m.trainable, m.total, started)
     report["logit_lens"] = lens_records
-    report["stock"] = _stock_report(stock)
+    report["stock"] = _stock_report(m.stock)
     report["forgetting_kind"] = forgetting_kind(report["config"])
     # The exported adapter as stock PEFT runs it: the run's own figures unless a gate decided where it acted.
     stock_m = report["stock"].get("metrics") or report["metrics"]
     report["metrics"].update({f"stock_{k}": stock_m.get(k) for k in STOCK_FIGURES})
-    report["forget_targets"] = data.forget_texts
-    report["wrong_answers"] = probe_set.wrong
-    report["anchors_left_out"] = len(anchors) - len(train_anchors)
+    report["forget_targets"] = m.data.forget_texts
+    report["wrong_answers"] = m.probe_set.wrong
+    report["anchors_left_out"] = len(anchors) - len(m.train_anchors)
     if config.adapter == "subject":
         report["edited_tokens"] = [tokens[i] for i in sorted(tokens)]
     free_memory()

@@ -13,9 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
-import torch
 
-from .adapters import AdapterState, adapter_spec, attached, save_merged, snapshot
+from .adapters import AdapterState, adapter_spec, save_merged
 from .config import ALL_PROJECTIONS, UnlearnConfig
 from .facts import Fact
 from .embedded import cache_dir
@@ -25,7 +24,8 @@ from .retain_set import training_neighbours
 from .prompting import encode_pair
 from .runner import load_neighbour_sources
 from .sequences import TrainingData, anchor_rows
-from .trainer import StepRecord, unlearn
+from .pipeline import train_pipeline
+from .trainer import StepRecord
 
 # Plain LoRA on the middle half of the layers (no gate: teaching should reach the question however it
 # is asked) at a rate that teaches the 135M model three invented details in about 10 steps here. The KL
@@ -48,19 +48,16 @@ def teach_events(lm: LoadedModel, facts: list[Fact], anchors: list[str], config:
     `anchors`: prompts whose base answers the KL holds (runner.load_anchors); `sources`: where the
     facts' neighbours come from (default: the shipped ones)."""
     config = teach_config(config)
-    spec = adapter_spec(config, lm.num_layers)
-    torch.manual_seed(config.seed)  # LoRA A is initialised randomly
-    with attached(lm, spec) as adapted:  # plain LoRA: no gate
-        peft_model = adapted.model
+
+    def prepare(adapted) -> TrainingData:  # plain LoRA: no gate
         rows = [encode_pair(lm.tokenizer, q, f"{f.answer}.") for f in facts for q in [f.question, *f.paraphrases]]
         near = training_neighbours(facts, sources or load_neighbour_sources(), config.seed, [])
-        held, _, _ = anchor_rows(lm, facts, anchors, config, peft_model, neighbours=near)
-        data = TrainingData(target=rows, forget=[], anchor=held, forget_texts=[])
-        records = []
-        for record in unlearn(lm, peft_model, data, facts, config, peft_model=peft_model, stop=stop):
-            records.append(record)
-            yield record
-        yield snapshot(peft_model, spec, {"taught": [f.question for f in facts], "steps": len(records)})
+        held, _, _ = anchor_rows(lm, facts, anchors, config, adapted.model, neighbours=near)
+        return TrainingData(target=rows, forget=[], anchor=held, forget_texts=[])
+
+    info = {"taught": [f.question for f in facts]}
+    for event in train_pipeline(lm, adapter_spec(config, lm.num_layers), config, facts, prepare, stop=stop, info=info):
+        yield event if isinstance(event, StepRecord) else event.adapter
 
 
 def taught_model(lm: LoadedModel, adapter: AdapterState) -> LoadedModel:
