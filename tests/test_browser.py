@@ -1,12 +1,16 @@
 """What a person sees: headless Chromium clicks preset -> Unlearn -> Compare in the real app.
 
-Screenshots go to docs/screenshots/ (README shows them). Needs Debian's /usr/bin/chromium and the
-playwright package; the app runs the embedded model, so this takes minutes on a CPU.
+Screenshots go to a temporary folder, or to the folder LUNE_SCREENSHOTS names:
+`LUNE_SCREENSHOTS=docs/screenshots pytest -m browser` retakes the ones README shows, on purpose, not on every
+test run. Needs Debian's /usr/bin/chromium and the playwright package; the app runs the embedded model, so
+this takes minutes on a CPU.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,7 @@ import pytest
 playwright = pytest.importorskip("playwright.sync_api")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("LUNE_SCREENSHOTS") or Path(tempfile.gettempdir()) / "lune-screenshots")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
@@ -140,7 +144,6 @@ def test_preset_unlearn_compare(page):
     # scrolled down to the comparison, the step bar is still at the top of the window
     assert page.evaluate("document.querySelector('#steps-nav').getBoundingClientRect().top") == 0
     shot(page, "3-compare.png", "#compare-title")
-    page.screenshot(path=str(SHOTS / "0-full-page.png"), full_page=True)
 
     # 4. Deleting a row: the status line says what the table holds now, never the old count.
     page.get_by_role("button", name="- Remove the last row").click()
