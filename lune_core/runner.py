@@ -180,6 +180,7 @@ class _Measurement:
         self.lens_args = ([ids for ids, _, _ in self.lensed], [t for _, t, _ in self.lensed], lm.device, pad)
         self.lens_before = lens(model, *self.lens_args, disable=base())
         free_memory()  # the generation's freed caches, before training sets the peak
+        self.prepared = time.perf_counter()
         return data
 
     def finish(self, adapted) -> None:
@@ -187,6 +188,7 @@ class _Measurement:
         peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
         model = peft_model if peft_model is not None else lm.model
         mnt, pad, prompts = config.max_new_tokens, lm.tokenizer.pad_token_id, self.prompts
+        self.trained = time.perf_counter()
         self.trainable, self.total = count_params(model)
         self.after = generate(lm, prompts, mnt, model=model, prefills=self.prefills, gate=gate)
         self.after_logp = answer_logprobs(model, self.data.forget, lm.device, pad, gate=gate)
@@ -201,6 +203,7 @@ class _Measurement:
             with gate.suspended():
                 stock_after = generate(lm, [prompts[i] for i in asked], mnt, model=peft_model)
             self.stock = ([self.probes[i] for i in asked], [self.before[i] for i in asked], stock_after)
+        self.evaluated = time.perf_counter()
 
 
 def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, general: list[dict],
@@ -240,6 +243,9 @@ def run_unlearning(lm: LoadedModel, facts: list[Fact], config: UnlearnConfig, ge
                **lens_metrics(lens_records, [said.get(i, False) for i in range(len(facts))])}
     report = _report(lm, config, facts, records, rows, drop, figures, m.trainable, m.total, started)
     report["logit_lens"] = lens_records
+    # how long each phase took, and how many probes were asked in each: the pace of the next forecast
+    report["phases"] = {"preparing": round(m.prepared - started, 2), "training": round(m.trained - m.prepared, 2),
+                        "evaluating": round(m.evaluated - m.trained, 2), "prompts": len(m.prompts)}
     report["stock"] = _stock_report(m.stock)
     report["forgetting_kind"] = forgetting_kind(report["config"])
     # The exported adapter as stock PEFT runs it: the run's own figures unless a gate decided where it acted.

@@ -17,7 +17,9 @@ from lune_core.facts import Fact, leaks
 from lune_core.ids import canonical_model_id
 from lune_core.memory import free_memory
 from lune_core.models import LoadedModel, load_model, pick_device, resolve_compute_dtype
-from lune_core.runner import load_anchors, load_general, unknown_facts_warning
+from lune_core.forecast import Forecast, Pace
+from lune_core.probes import NeighbourSources, build_probes
+from lune_core.runner import load_anchors, load_general, load_neighbour_sources, unknown_facts_warning
 
 from . import forms
 from .context import WebContext
@@ -46,6 +48,8 @@ class Service:
         self.jobs = jobs or Jobs(self.models, self.limits, self.context.gpu_task, self.context.can_stop)
         self._general = general
         self._anchors = anchors
+        self._sources: NeighbourSources | None = None
+        self._pace: dict[tuple, Pace] = {}  # per model key, as the last finished run measured it
         self._live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         self.estimate_full_ft: Callable[[int, str], dict] = full_ft_estimate
 
@@ -67,6 +71,11 @@ class Service:
         if self._anchors is None:
             self._anchors = load_anchors()
         return self._anchors
+
+    def sources(self) -> NeighbourSources:
+        if self._sources is None:
+            self._sources = load_neighbour_sources()
+        return self._sources
 
     # ---- sessions and models ----------------------------------------------------------------
 
@@ -141,9 +150,19 @@ class Service:
         before, _ = self.jobs.answer(session.model_key, session.taught, None, [f.question for f in facts],
                                      config.max_new_tokens)
         notice = unknown_facts_warning(facts, before)
+        # the same probes the run will ask, built the same way (no model needed): what the forecast counts
+        asked = len(build_probes(facts, before, general, self.sources(), config.seed).probes)
+        forecast = Forecast(asked, config.steps, self._pace.get(session.model_key, Pace()))
+        training_ended = None
         for update in self._job(session, facts, config, general, on_result=_store_run, live_history=True):
-            update.notice = notice
+            if update.phase == "evaluating" and training_ended is None:
+                training_ended = update.elapsed
+            if not update.done:
+                update.left = forecast.left(update.phase, update.elapsed, update.step, training_ended)
+            update.notice, update.asking = notice, asked
             yield update
+        if session.report is not None:  # this machine's pace, for the next run's forecast
+            self._pace[session.model_key] = Pace.of(session.report)
 
     def _job(self, session: Session, facts: list[Fact], config: UnlearnConfig, general: list[dict],
              on_result: Callable[[Session, dict, list[dict]], None], live_history: bool = False) -> Iterator[RunUpdate]:

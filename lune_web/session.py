@@ -53,3 +53,5 @@ class RunUpdate:
     step: dict | None = None  # the newest StepRecord as a dict
     done: bool = False
     notice: str = ""  # said before and during the run: facts the model does not state
+    left: float | None = None  # seconds left in all phases (lune_core.forecast), where the job forecasts it
+    asking: int = 0  # probes asked again after training, for the forecast's line

@@ -125,10 +125,15 @@ def progress_markdown(update: RunUpdate) -> str:
     if step:
         line += (f"  \nstep **{step['step']} / {step['total_steps']}** · loss {step['loss']:.3f}"
                  f" · {step['seconds']:.1f} s/step · peak memory {step['peak_memory_mb']:.0f} MB")
-        if update.phase == "training" and not step["stopped"]:
-            line += f" · about {clock(step['eta_seconds'])} left (at most)"
+        if update.phase == "training" and not step["stopped"] and update.left is None:
+            line += f" · about {clock(step['eta_seconds'])} of training left (at most)"
         if step["leaks_left"] is not None:
             line += f" · facts still said: {step['leaks_left']}"
+    if update.left is not None and not update.done:
+        what = {"preparing": f"asking all {update.asking} questions, training, asking them again",
+                "training": f"the steps left at most, then asking all {update.asking} questions again",
+                "evaluating": f"asking all {update.asking} questions again"}.get(update.phase, "")
+        line += f"  \nabout **{clock(update.left)} left** in all ({what})"
     if update.notice:
         line += f"  \n⚠️ {text(update.notice)}"
     return line
