@@ -42,7 +42,7 @@ def build(page: Page, service: Service) -> None:
         gr.Markdown("For facts the model has never seen (an invented person's private details): a short LoRA "
                     "fine-tune teaches them, and is merged into this page's copy of the weights. From then on this "
                     "page's model is the taught one: it is the *before* of the comparison. Other visitors never see "
-                    "it. About a minute on a laptop CPU.")
+                    "it. The progress line counts the steps; merging ends it.")
         with gr.Row():
             page.teach_button = gr.Button("Teach these facts to the model", variant="secondary")
             page.untaught_button = gr.Button("Back to the base model", size="sm")
