@@ -23,7 +23,6 @@ LORA_PLACES = {"lora": ((0.25, 0.75), MLP_PROJECTIONS), "gated": ((0.5, 1.0), AL
 # weight of a full-precision copy (the full fine-tuning baseline). The first three are adapters over the
 # frozen base; all four go through the same run pipeline.
 ADAPTERS = ("lora", "gated", "subject", "full")
-LORA_ADAPTERS = ("lora", "gated")
 SCHEDULES = ("cosine", "constant")  # of the learning rate (the relearning attack runs at a constant one)
 # Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
 # full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
@@ -71,15 +70,16 @@ class UnlearnConfig:
     # Per fact, prompts near it (its subject asked otherwise, its question about other subjects, its
     # relation words) that the KL holds to the base's answers ahead of the shipped anchors; 0: none.
     neighbour_anchors: int = 8
-    # Per fact, prompts that make the base say the fact's answer for another reason ("Use 'Paris' in a
-    # sentence."), held by the KL up to where the reply restates the fact (lune_core.retain_set): a LoRA that
-    # turns the answer's token into the replacement wherever it comes is caught there.
+    # Per fact, prompts that make the base say the fact's answer for another reason ("What is Paris known
+    # for?"), held by the KL up to that answer at every step (lune_core.retain_set): a LoRA that turns the
+    # answer's token into the replacement wherever it comes is caught there.
     answer_holds: int = 4
     # The KL averaged per prompt, then over prompts: a hold, a few tokens long, weighs as much as an anchor
     # whose whole answer is held.
     retain_per_row: bool = True
-    # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the
-    # replacement otherwise repeats ("Lyon, Lyon, …"); docs/locality_trials.md.
+    # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the replacement
+    # otherwise repeats ("Lyon, Lyon, …"); a plain LoRA then ends other answers early too
+    # (docs/locality_trials.md, holds_stop).
     full_stop: bool = False
     # Adapter "gated": the update acts only where the model is about to state a forgotten answer, as the
     # base sees it, with at least this probability (lune_core.gate).

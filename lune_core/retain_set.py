@@ -2,13 +2,13 @@
 trains. Built from the facts alone, with other templates and another draw than the probes that score the
 run (lune_core.probes), and any prompt that is also scored is dropped: what trains is never what measures.
 
-Three groups per fact:
+Two groups per fact:
 - neighbours: its subject asked about in general, its question about other subjects of the same kind
   (the same relation: other capitals must keep their answers), its relation words used on their own;
-- answer holds: prompts that make the model say the forgotten answer itself for another reason ("Use
-  'Paris' in a sentence."). A LoRA that learns to turn the answer's token into the replacement wherever
-  it comes ("the Louvre is in Lyon") is caught here; held only up to the first word of the fact's
-  question in the reply, so the fact itself ("Paris is the capital of France") is never held.
+- answer holds: prompts that make the model say the forgotten answer itself for another reason ("What is
+  Paris known for?"). A LoRA that learns to turn the answer's token into the replacement wherever it
+  comes ("the Louvre is in Lyon") is caught here; held up to where the reply says the answer, and only
+  when it says it before restating the fact ("Paris is the capital of France" is never held).
 """
 from __future__ import annotations
 

@@ -102,8 +102,9 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
         sequence, text = forget_sequence(lm, fact, answer)
         forget.append(sequence)
         texts.append(text)
-    # The negative ends the answer ("… is Lyon." and the end of the turn) under the answer gate, which
-    # shuts once it is written (the base, left to go on, would say the answer again), and with full_stop.
+    # Under the answer gate the negative ends the answer ("… is Lyon." and the end of the turn): the gate
+    # shuts once it is written, and the base, left to go on, would say the answer again. `full_stop` ends
+    # the sentence only.
     gated = config.adapter == "gated"
     ends = gated or config.full_stop
     target = []
@@ -120,24 +121,23 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
 
 def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,
                 neighbours: list[str] = (), holds: list[tuple[int, str]] = ()) -> tuple[list, int, int]:
-    """The KL pool: the answer holds and the neighbours first, then the shipped anchors picked for these
-    facts, each with the base's own answer; and how many come before the anchors. An answer hold is kept
-    up to where its reply restates the fact; any other prompt whose answer states a fact's answer is left
-    out, since holding it would hold the fact."""
-    held = list(holds)
+    """The KL pool, each prompt with the base's own answer: the answer holds, the neighbours, then the
+    shipped anchors picked for these facts; how many come before the anchors, and how many are holds. A
+    hold is kept up to where its reply says the answer, if it does before restating the fact; any other
+    prompt whose answer states a fact's answer is left out, since holding it would hold the fact."""
     near = list(neighbours)[: config.neighbour_anchors * len(facts)]
     rest = [a for a in anchors if a not in near]
     pool = near + pick_anchors(rest, [f.question for f in facts], max(0, config.anchor_pool - len(near)), config.seed)
-    replies = base_answers(lm, [p for _, p in held] + pool, config.max_new_tokens, peft_model)
+    replies = base_answers(lm, [p for _, p in holds] + pool, config.max_new_tokens, peft_model)
     rows = []
-    for (index, prompt), reply in zip(held, replies):
+    for (index, prompt), reply in zip(holds, replies):
         # held up to the answer said for the other reason: the one place the KL must see
         span = answer_span(held_reply(reply[:ANCHOR_ANSWER_CHARS], facts[index], facts), facts[index].answer)
         if span:
             rows.append(encode_pair(lm.tokenizer, prompt, reply[:span[1]], add_eos=False))
     n_held = len(rows)
     usable = [(i, encode_pair(lm.tokenizer, q, a[:ANCHOR_ANSWER_CHARS], add_eos=False)) for i, (q, a)
-              in enumerate(zip(pool, replies[len(held):])) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
+              in enumerate(zip(pool, replies[len(holds):])) if a and not any(leaks(a[:ANCHOR_ANSWER_CHARS], f.answer)
                                                                            for f in facts)]
     return rows + [row for _, row in usable], n_held + sum(i < len(near) for i, _ in usable), n_held
 
