@@ -24,9 +24,8 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     import run_bench
 
     rows = {r["method"]: r for r in json.loads(out.read_text())["results"]}
-    # the gated default's runs are read a second time, as stock PEFT loads the adapter: a row of their own
-    assert set(rows) == {"lune", "full_ft", run_bench.STOCK_ROW}
-    assert rows[run_bench.STOCK_ROW]["runs"] == rows["lune"]["runs"]
+    # the plain LoRA default is what stock PEFT loads: no second reading (only the gate's runs get one)
+    assert set(rows) == {"lune", "full_ft"} and run_bench.STOCK_ROW.startswith("lune_gated")
     assert all(len(r["runs"]) == 1 for r in rows.values())  # size 1 asked for the first seed only
     lune, ft = rows["lune"]["summary"], rows["full_ft"]["summary"]
     assert lune["forget_success"]["mean"] == 1.0  # the capital of Japan, known to the model
@@ -46,7 +45,7 @@ def test_quick_benchmark_measures_both_methods_and_writes_table_and_chart(tmp_pa
     for column in ("clean", "same words", "other words", "other language", "adversarial", "neighbour", "same answer",
                    "agreement", "spilled", "still inside", "top-10 layers", "fluency (before ± spread)", "truth ratio"):
         assert f" {column} |" in header
-    assert f"| heldout | 1 | {run_bench.STOCK_ROW} | 1 |" in table
+    assert run_bench.STOCK_ROW not in table.split("| set |")[1]
     assert "plotly" in (docs / "forget_vs_retention.html").read_text()
 
     # --resume keeps the saved runs of the same settings, reruns nothing, and the table says so.
