@@ -136,9 +136,9 @@ def _suppress(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tens
 # ---- methods --------------------------------------------------------------------------------
 
 def lune(inp: LossInputs, config: UnlearnConfig):
-    """L = NLL_θ(y_neg|x) + λ_r·KL(ref‖θ) on the facts' neighbours and the anchors. Under the answer gate
-    (lune_core.gate) the NLL is taken where the gate is open and there are no KL rows: the adapter is
-    off everywhere else, so the KL would be zero there."""
+    """L = NLL_θ(y_neg|x) + λ_r·KL(ref‖θ) on the retain set (the facts' neighbours, the answer holds) and the
+    anchors. Under the answer gate (lune_core.gate) the NLL is taken where the gate is open and there are no
+    KL rows: the adapter is off everywhere else, so the KL would be zero there."""
     parts: dict = {}
     parts["replace_nll"] = mean_nll(inp.target)
     return parts["replace_nll"] + _retain(inp, config, parts), parts
@@ -220,9 +220,10 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("lune", lune, Needs(target=True, forget=True, anchor=True),
-           "LUNE: learn the negative answer (replacement or hedge) in a LoRA that its gate lets act only where "
-           "the model is about to state a forgotten answer (without the gate, a KL term holds the facts' "
-           "neighbours and neutral prompts to the base's own answers)"),
+           "LUNE: learn the negative answer (a replacement, or a refusal that reads as a sentence) in a LoRA, "
+           "while a KL term holds the base's own answers to prompts near the facts, to prompts that name the "
+           "forgotten answer for another reason and to neutral prompts (under the answer gate: only where the "
+           "model is about to state a forgotten answer, no KL)"),
     Method("lune_misdirect", lune_misdirect, Needs(target=True, forget=True, hidden=True, anchor=True),
            "LUNE plus misdirection: also push the answer's hidden state toward a random direction (RMU-style)"),
     Method("lune_suppress", lune_suppress, Needs(forget=True, hidden=True, anchor=True),
