@@ -100,7 +100,8 @@ def kl_to_reference(sel: Selected, ref_top_logp: torch.Tensor, ref_top_ids: torc
                     per_row: bool = False) -> torch.Tensor:
     """KL(ref ‖ θ) per token, averaged, over the reference's top k tokens plus one bucket for the
     rest of the vocabulary: keeps the model's own answers on neutral prompts. Exact when the tail
-    is empty, a lower bound of the full KL otherwise."""
+    is empty, a lower bound of the full KL otherwise. `per_row`: averaged per row first, so a row of one
+    held token weighs as much as a row of thirty."""
     logq = torch.log_softmax(sel.logits.float(), dim=-1).gather(-1, ref_top_ids)
     head = (ref_top_logp.exp() * (ref_top_logp - logq)).sum(-1)
     tail_p = (1 - ref_top_logp.exp().sum(-1)).clamp_min(1e-8)

@@ -132,3 +132,14 @@ def test_registry_lists_lune_first_and_flags_ascent_methods():
     assert list(METHODS)[0] == "lune"
     assert {m.name for m in METHODS.values() if m.ascent} == {"grad_ascent", "npo", "simnpo"}
     assert all(m.description for m in METHODS.values())
+
+
+def test_the_per_row_kl_weighs_a_one_token_row_as_much_as_a_long_one():
+    """Row 0 holds one token that drifted, row 1 three tokens that did not: per token the drift is a quarter
+    of the mean, per row a half."""
+    ref = torch.tensor([[2.0, 0.0, 0.0]] * 4)
+    logits = torch.tensor([[0.0, 2.0, 0.0]] + [[2.0, 0.0, 0.0]] * 3)
+    sel = Selected(logits, torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 1, 1]), 2)
+    drift = full_kl(ref[:1], logits[:1])
+    assert float(kl_to_reference(sel, *top_k_logprobs(ref, 3))) == pytest.approx(drift / 4, rel=1e-5)
+    assert float(kl_to_reference(sel, *top_k_logprobs(ref, 3), per_row=True)) == pytest.approx(drift / 2, rel=1e-5)
