@@ -32,6 +32,14 @@ class Trained:
     finished: Any = None
 
 
+def parts(lm: LoadedModel, adapted: Attached | None) -> tuple:
+    """(the model every pass reads, the PeftModel or None, the answer gate or None) of an attached adapter,
+    or of the full-precision copy itself when there is none."""
+    if adapted is None:
+        return lm.model, None, None
+    return adapted.model, adapted.model, adapted.gate
+
+
 def train_pipeline(lm: LoadedModel, spec: dict | None, config: UnlearnConfig, facts: list[Fact],
                    prepare: Callable[[Attached | None], TrainingData],
                    finish: Callable[[Attached | None], Any] | None = None, stop=None,
@@ -43,8 +51,7 @@ def train_pipeline(lm: LoadedModel, spec: dict | None, config: UnlearnConfig, fa
     if spec is not None:
         torch.manual_seed(config.seed)  # a fresh LoRA's A is initialised randomly
     with attached(lm, spec, state) if spec is not None else nullcontext(None) as adapted:
-        peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
-        model = peft_model if peft_model is not None else lm.model
+        model, peft_model, gate = parts(lm, adapted)
         data = prepare(adapted)
         if spec is None:
             for p in lm.model.parameters():

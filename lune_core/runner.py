@@ -26,7 +26,7 @@ from .prompting import encode_pair
 from .probes import NeighbourSources, build_probes, normalise
 from .retain_set import answer_holds, training_neighbours
 from .subject import subject_token_ids
-from .pipeline import train_pipeline
+from .pipeline import parts, train_pipeline
 from .trainer import StepRecord
 
 def load_general(path: str | Path | None = None, limit: int | None = None) -> list[dict]:
@@ -150,8 +150,7 @@ class _Measurement:
 
     def prepare(self, adapted) -> TrainingData:
         lm, facts, config = self.lm, self.facts, self.config
-        peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
-        model = peft_model if peft_model is not None else lm.model
+        model, peft_model, gate = parts(lm, adapted)
         mnt = config.max_new_tokens
         self.fact_answers = base_answers(lm, [f.question for f in facts], mnt, peft_model)
         self.probe_set = build_probes(facts, self.fact_answers, self.general, self.sources, config.seed)
@@ -185,8 +184,7 @@ class _Measurement:
 
     def finish(self, adapted) -> None:
         lm, config = self.lm, self.config
-        peft_model, gate = (adapted.model, adapted.gate) if adapted is not None else (None, None)
-        model = peft_model if peft_model is not None else lm.model
+        model, peft_model, gate = parts(lm, adapted)
         mnt, pad, prompts = config.max_new_tokens, lm.tokenizer.pad_token_id, self.prompts
         self.trained = time.perf_counter()
         self.trainable, self.total = count_params(model)
