@@ -166,7 +166,7 @@ def aggregate(values: list) -> dict:
             "spread": round(statistics.pstdev(values), 4) if len(values) > 1 else 0.0}
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 and 3 facts, lune vs full fine-tuning")
     parser.add_argument("--methods", nargs="*", default=None)
@@ -192,20 +192,14 @@ def main() -> None:
     parser.add_argument("--keep-rows", action="store_true",
                         help="keep the rows of the existing --out that this invocation does not run (a method, "
                         "set and size not asked for): the table names them and the date they were measured")
-    args = parser.parse_args()
-    methods = args.methods or (["lune", "full_ft"] if args.quick else METHODS)
-    sizes = args.facts or ([1, 3] if args.quick else [1, 3, 10])
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    general_limit = args.general_limit or (16 if args.quick else None)
-    steps = min(args.steps, 10) if args.quick else args.steps
+    return parser.parse_args()
 
-    work = Path(args.out).resolve().parent / "out"  # each run's full output, beside the results
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    stamp = time.strftime("%Y-%m-%d %H:%M")  # rows measured by this invocation; ratios pair rows of one stamp
+
+def measure(args, sets, methods, sizes, seeds, steps, general_limit, work: Path, stamp: str) -> tuple[list, list]:
+    """A result row per set, size and method (its seeds' runs, run now or kept from a saved run), and the
+    saved runs reused."""
     results, reused = [], []
     general_count = len(load_general(limit=general_limit))
-    sets = args.sets or (["heldout"] if args.quick else ["heldout", "fresh", "dev"])
     for name in sets:
         for n in sizes:
             facts = fact_set(n, name)
@@ -230,20 +224,26 @@ def main() -> None:
                 if runs:
                     results.append({"method": method, "set": name, "facts": n, "runs": runs, "measured": stamp,
                                     "summary": {k: aggregate([r.get(k) for r in runs]) for k in METRICS}})
-    kept_rows = []
-    if args.keep_rows and Path(args.out).exists():
-        earlier = json.loads(Path(args.out).read_text(encoding="utf-8"))
-        ran = {(r["method"], r["set"], r["facts"]) for r in results}
-        for row in earlier["results"]:  # the stock rows are derived again below
-            if (row["method"], row.get("set", "heldout"), row["facts"]) not in ran and row["method"] != STOCK_ROW:
-                row.setdefault("measured", earlier["meta"]["date"])
-                results.append(row)
-                kept_rows.append(f"{row.get('set', 'heldout')} {row['facts']} facts {row['method']} "
-                                 f"({row['measured']})")
-    results += stock_rows(results)
-    order = {m: i for i, m in enumerate(METHODS + [STOCK_ROW])}
-    results.sort(key=lambda r: (list(FACT_SETS).index(r["set"]), r["facts"], order.get(r["method"], len(order))))
-    for row in results:  # ratios to full fine-tuning of the same set and size, measured in the same invocation
+    return results, reused
+
+
+def earlier_rows(out: Path, results: list[dict]) -> tuple[list[dict], list[str]]:
+    """The rows of an earlier results file that this invocation did not run (the stock rows are derived
+    again), each with the date it was measured, and a line per row for the table."""
+    earlier = json.loads(out.read_text(encoding="utf-8"))
+    ran = {(r["method"], r["set"], r["facts"]) for r in results}
+    rows, lines = [], []
+    for row in earlier["results"]:
+        if (row["method"], row.get("set", "heldout"), row["facts"]) not in ran and row["method"] != STOCK_ROW:
+            row.setdefault("measured", earlier["meta"]["date"])
+            rows.append(row)
+            lines.append(f"{row.get('set', 'heldout')} {row['facts']} facts {row['method']} ({row['measured']})")
+    return rows, lines
+
+
+def add_ratios(results: list[dict]) -> None:
+    """Each row's ratios to full fine-tuning of the same set and size, measured in the same invocation."""
+    for row in results:
         row.pop("vs_full_ft", None)
         ft = next((r for r in results if r["method"] == "full_ft" and r["facts"] == row["facts"]
                    and r["set"] == row["set"] and r["measured"] == row["measured"]), None)
@@ -256,6 +256,30 @@ def main() -> None:
         a, b = row["summary"]["forget_success"]["mean"], ft["summary"]["forget_success"]["mean"]
         ratio["forget_success_gap"] = round(a - b, 4) if a is not None and b is not None else None
         row["vs_full_ft"] = ratio
+
+
+def main() -> None:
+    args = arguments()
+    methods = args.methods or (["lune", "full_ft"] if args.quick else METHODS)
+    sizes = args.facts or ([1, 3] if args.quick else [1, 3, 10])
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    general_limit = args.general_limit or (16 if args.quick else None)
+    steps = min(args.steps, 10) if args.quick else args.steps
+    sets = args.sets or (["heldout"] if args.quick else ["heldout", "fresh", "dev"])
+
+    work = Path(args.out).resolve().parent / "out"  # each run's full output, beside the results
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M")  # rows measured by this invocation; ratios pair rows of one stamp
+    results, reused = measure(args, sets, methods, sizes, seeds, steps, general_limit, work, stamp)
+    kept_rows = []
+    if args.keep_rows and Path(args.out).exists():
+        rows, kept_rows = earlier_rows(Path(args.out), results)
+        results += rows
+    results += stock_rows(results)
+    order = {m: i for i, m in enumerate(METHODS + [STOCK_ROW])}
+    results.sort(key=lambda r: (list(FACT_SETS).index(r["set"]), r["facts"], order.get(r["method"], len(order))))
+    add_ratios(results)
     meta = environment(args.quick, seeds, sizes, steps, general_limit, time.time() - started)
     meta["sets"] = sets
     meta["first_seed_only"] = [n for n in sizes if n in args.first_seed_only]

@@ -59,25 +59,36 @@ def scored_by_agreement(probe: Probe) -> bool:
 def verdict(probe: Probe, before: str, after: str) -> str:
     """One word for the row. A degenerate answer is "broken", never "forgotten" or "kept"; a spliced
     one "forgotten, spliced"; one that newly says a negative "spilled", never "kept"."""
-    broken = is_degenerate(after)
     if scored_by_agreement(probe):
-        agreed = agrees(before, after, probe.forgotten)
-        if agreed is None or is_degenerate(before):
-            return "no answer before"
-        if broken:
-            return "broken"
-        return "spilled" if newly_says(probe, before, after) else ("agrees" if agreed else "changed")
+        return _agreement_verdict(probe, before, after)
     if probe.kind in FORGET_KINDS:
-        if not is_correct(before, probe.expected):
-            return "not known before"
-        if is_correct(after, probe.expected):
-            return "still leaks"
-        return "broken" if broken else ("spliced" if is_spliced(after) else "forgotten")
+        return _forget_verdict(probe, before, after)
+    return _keep_verdict(probe, before, after)
+
+
+def _agreement_verdict(probe: Probe, before: str, after: str) -> str:
+    agreed = agrees(before, after, probe.forgotten)
+    if agreed is None or is_degenerate(before):
+        return "no answer before"
+    if is_degenerate(after):
+        return "broken"
+    return "spilled" if newly_says(probe, before, after) else ("agrees" if agreed else "changed")
+
+
+def _forget_verdict(probe: Probe, before: str, after: str) -> str:
+    if not is_correct(before, probe.expected):
+        return "not known before"
+    if is_correct(after, probe.expected):
+        return "still leaks"
+    return "broken" if is_degenerate(after) else ("spliced" if is_spliced(after) else "forgotten")
+
+
+def _keep_verdict(probe: Probe, before: str, after: str) -> str:
     if not is_correct(before, probe.expected):
         return "wrong before"
     if is_degenerate(before):  # right, but inside a loop: no clean answer to keep
         return "looping before"
-    if broken:
+    if is_degenerate(after):
         return "broken"
     if newly_says(probe, before, after):
         return "spilled"

@@ -178,34 +178,43 @@ def _keep_entries(raw, fact_question: str, answer: str, label: str, limits: RunL
         raise FactError(f"{label}: keep must be a list of {{question, answers}} objects")
     if len(raw) > limits.max_keep:
         raise FactError(f"{label}: at most {limits.max_keep} keep entries")
-    entries = []
-    for number, entry in enumerate(raw, 1):
-        where = f"{label}: keep entry {number}"
-        if not isinstance(entry, dict):
-            raise FactError(f"{where} must be an object with question and answers")
-        unknown = set(entry) - {"question", "answers", "kind"}
-        if unknown:
-            raise FactError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-        question = _clean(entry.get("question"), "question", where, limits)
-        if _same_question(question, fact_question):
-            raise FactError(f"{where} is the fact's own question: a neighbour is another question")
-        answers = entry.get("answers")
-        if isinstance(answers, str):
-            answers = [answers]
-        if not isinstance(answers, list) or not answers:
-            raise FactError(f"{where}: answers must be a non-empty list of texts")
-        if len(answers) > MAX_KEEP_ANSWERS:
-            raise FactError(f"{where}: at most {MAX_KEEP_ANSWERS} answers")
-        answers = [_clean(a, "answer", where, limits) for a in answers]
-        kind = entry.get("kind") or ""
-        if kind and kind not in NEIGHBOUR_KINDS:
-            raise FactError(f"{where}: kind must be one of {', '.join(NEIGHBOUR_KINDS)}")
-        if any(leaks(a, answer) for a in answers):
-            if kind not in ("", "same_answer"):
-                raise FactError(f"{where}: its answer is the answer to forget, so its kind is same_answer, not {kind}")
-            kind = "same_answer"
-        entries.append({"question": question, "answers": answers, "kind": kind})
-    return entries
+    return [_keep_entry(entry, f"{label}: keep entry {number}", fact_question, answer, limits)
+            for number, entry in enumerate(raw, 1)]
+
+
+def _keep_entry(entry, where: str, fact_question: str, answer: str, limits: RunLimits) -> dict:
+    if not isinstance(entry, dict):
+        raise FactError(f"{where} must be an object with question and answers")
+    unknown = set(entry) - {"question", "answers", "kind"}
+    if unknown:
+        raise FactError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    question = _clean(entry.get("question"), "question", where, limits)
+    if _same_question(question, fact_question):
+        raise FactError(f"{where} is the fact's own question: a neighbour is another question")
+    answers = _keep_answers(entry.get("answers"), where, limits)
+    return {"question": question, "answers": answers,
+            "kind": _neighbour_kind(entry.get("kind") or "", answers, answer, where)}
+
+
+def _keep_answers(answers, where: str, limits: RunLimits) -> list[str]:
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not answers:
+        raise FactError(f"{where}: answers must be a non-empty list of texts")
+    if len(answers) > MAX_KEEP_ANSWERS:
+        raise FactError(f"{where}: at most {MAX_KEEP_ANSWERS} answers")
+    return [_clean(a, "answer", where, limits) for a in answers]
+
+
+def _neighbour_kind(kind: str, answers: list[str], answer: str, where: str) -> str:
+    """The entry's kind; one whose answers contain the forgotten answer is a `same_answer` neighbour."""
+    if kind and kind not in NEIGHBOUR_KINDS:
+        raise FactError(f"{where}: kind must be one of {', '.join(NEIGHBOUR_KINDS)}")
+    if not any(leaks(a, answer) for a in answers):
+        return kind
+    if kind not in ("", "same_answer"):
+        raise FactError(f"{where}: its answer is the answer to forget, so its kind is same_answer, not {kind}")
+    return "same_answer"
 
 
 def parse_sentence(sentence: str, index: int = 0, limits: RunLimits = RunLimits()) -> Fact:

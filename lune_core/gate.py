@@ -225,6 +225,28 @@ def _keep_best(best: list, row: int, score: float, fact: int, fires: bool) -> No
         best[row] = (score, fact)
 
 
+def _look_ahead(model, cache, attention_mask: torch.Tensor, positions: torch.Tensor, shut: list[int],
+                device: torch.device):
+    """Look-ahead through the cache: every row reads an answer's first tokens after its current
+    position, gate shut, and the cache is cut back; one pass per answer spelling."""
+    batch = len(attention_mask)
+
+    def read(pending: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
+        tails: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+        for v in dict.fromkeys(tuple(v) for _, v in pending):
+            k = len(v) - 1
+            ids = torch.tensor([list(v[:-1])] * batch, device=device)
+            attention = torch.cat([attention_mask, attention_mask.new_ones(batch, k)], 1)
+            with model.disable_adapter():  # the gate shut at the positions read ahead
+                out = model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True,
+                            position_ids=positions[:, -1:] + torch.arange(1, k + 1, device=device))
+            cache.crop(-k)
+            logp = torch.log_softmax(out.logits.float(), -1)
+            tails.update({(row, v): logp[shut[row]] for row, w in pending if tuple(w) == v})
+        return [tails[(row, tuple(v))] for row, v in pending]
+    return read
+
+
 def gated_greedy(model, gate: AnswerGate, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  max_new_tokens: int, eos_id: int | None, pad_id: int) -> list[list[int]]:
     """Greedy decoding through the gate: the prompt is read by the base; then each position runs first
@@ -243,24 +265,6 @@ def gated_greedy(model, gate: AnswerGate, input_ids: torch.Tensor, attention_mas
                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], out.past_key_values
 
-    def ahead(shut: list[int]):
-        """Look-ahead through the cache: every row reads an answer's first tokens after its current
-        position, gate shut, and the cache is cut back; one pass per answer spelling."""
-        def read(pending: list[tuple[int, list[int]]]) -> list[torch.Tensor]:
-            tails: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
-            for v in dict.fromkeys(tuple(v) for _, v in pending):
-                k = len(v) - 1
-                ids = torch.tensor([list(v[:-1])] * len(seqs), device=input_ids.device)
-                attention = torch.cat([attention_mask, attention_mask.new_ones(len(seqs), k)], 1)
-                with model.disable_adapter():  # the gate shut at the positions read ahead
-                    out = model(input_ids=ids, attention_mask=attention, past_key_values=cache, use_cache=True,
-                                position_ids=positions[:, -1:] + torch.arange(1, k + 1, device=input_ids.device))
-                cache.crop(-k)
-                logp = torch.log_softmax(out.logits.float(), -1)
-                tails.update({(row, v): logp[shut[row]] for row, w in pending if tuple(w) == v})
-            return [tails[(row, tuple(v))] for row, v in pending]
-        return read
-
     logits, cache = run(input_ids, torch.zeros(input_ids.shape, device=input_ids.device), None)
     last = input_ids[:, -1:]
     done = torch.zeros(len(seqs), dtype=torch.bool, device=input_ids.device)
@@ -268,7 +272,8 @@ def gated_greedy(model, gate: AnswerGate, input_ids: torch.Tensor, attention_mas
     for step in range(max_new_tokens):
         shut = [b for b in rows if states[b] is None and not done[b]]
         if shut:  # the base's view at this position: does it open the gate?
-            opens = gate.opening([seqs[b] for b in shut], torch.log_softmax(logits[shut].float(), -1), ahead(shut))
+            ahead = _look_ahead(model, cache, attention_mask, positions, shut, input_ids.device)
+            opens = gate.opening([seqs[b] for b in shut], torch.log_softmax(logits[shut].float(), -1), ahead)
             opened = [(b, fact) for b, fact in zip(shut, opens) if fact is not None]
             if opened:
                 for b, fact in opened:

@@ -106,19 +106,28 @@ def config_from_dict(data: Any) -> DeployConfig:
         raise ValueError("deploy config: zero_gpu must be true exactly when suggested_hardware is a zero-* flavour")
     if hardware.startswith("cpu-") and dtype in ("bfloat16", "float16"):
         raise ValueError(f"deploy config: compute_dtype {dtype} is too slow on CPU hardware; use float32 or auto")
+    preload = _preload_from_hub(data)
+    return DeployConfig(target, hardware, model, quantize, dtype, zero_gpu, preload, _limits(data["limits"]))
+
+
+def _preload_from_hub(data: dict) -> tuple[str, ...]:
     preload = _typed(data, "preload_from_hub", list)
     for item in preload:
         # Spaces also accept "repo file1,file2 [sha]"; only the repo part is checked here.
         if not isinstance(item, str) or not HUB_ID.match(item.split(" ")[0]):
             raise ValueError(f"deploy config: preload_from_hub entry {item!r} is not a hub id")
-    _exact_keys(data["limits"], set(LIMIT_RANGES), "limits")
+    return tuple(preload)
+
+
+def _limits(data: Any) -> RunLimits:
+    _exact_keys(data, set(LIMIT_RANGES), "limits")
     limits = {}
     for key, (lo, hi) in LIMIT_RANGES.items():
-        value = _typed(data["limits"], key, int, "limits.")
+        value = _typed(data, key, int, "limits.")
         if not lo <= value <= hi:
             raise ValueError(f"deploy config: limits.{key} must be between {lo} and {hi}, got {value}")
         limits[key] = value
-    return DeployConfig(target, hardware, model, quantize, dtype, zero_gpu, tuple(preload), RunLimits(**limits))
+    return RunLimits(**limits)
 
 
 def default_config() -> DeployConfig:

@@ -197,42 +197,10 @@ def build_space(target: str, out: Path, *, force: bool = False,
         raise BuildError(str(err)) from None
     out = Path(out)
     _prepare_out(out, force)
-    notes = []
     try:
-        for item in COPY_ITEMS:
-            src = REPO_ROOT / item
-            if src.is_dir():
-                shutil.copytree(src, out / item, ignore=_ignore)
-            elif src.is_file():
-                shutil.copy2(src, out / item)
-            elif item != "LICENSE":
-                notes.append(f"{item} does not exist yet; not copied")
-        for name in TARGET_FILES:
-            if (target_dir / name).is_file():
-                shutil.copy2(target_dir / name, out / name)
-        shutil.copy2(target_dir / "deploy.json", out / "deploy.json")
-
-        readme = REPO_ROOT / "README.md"
-        if readme.is_file():
-            try:
-                data, body = split_front_matter(readme.read_text(encoding="utf-8"))
-                text = join_front_matter(target_front_matter(data, cfg), body)
-                (out / "README.md").write_text(text, encoding="utf-8")
-            except ValueError as err:  # validation reports the broken copy
-                notes.append(str(err))
-                shutil.copy2(readme, out / "README.md")
-        else:
-            notes.append("README.md does not exist; not copied")
-
-        base_req = REPO_ROOT / "requirements.txt"
-        extra_req = target_dir / "requirements.extra.txt"
-        if base_req.is_file():
-            extra = extra_req.read_text(encoding="utf-8") if extra_req.is_file() else ""
-            merged = merge_requirements(base_req.read_text(encoding="utf-8"), extra, target)
-            (out / "requirements.txt").write_text(merged, encoding="utf-8")
-        else:
-            notes.append("requirements.txt does not exist; not copied")
-
+        notes = _copy_sources(out, target_dir)
+        notes += _write_readme(out, cfg)
+        notes += _write_requirements(out, target_dir, target)
         if cfg.default_model == EMBEDDED_MODEL and not _vendor_embedded_model(out):
             notes.append(f"{EMBEDDED_PACKAGE} is not installed here, so the embedded model was not vendored")
     except OSError as err:
@@ -240,57 +208,120 @@ def build_space(target: str, out: Path, *, force: bool = False,
     return cfg, notes
 
 
+def _copy_sources(out: Path, target_dir: Path) -> list[str]:
+    """The repo's COPY_ITEMS, then the target's own files and deploy.json; returns build notes."""
+    notes = []
+    for item in COPY_ITEMS:
+        src = REPO_ROOT / item
+        if src.is_dir():
+            shutil.copytree(src, out / item, ignore=_ignore)
+        elif src.is_file():
+            shutil.copy2(src, out / item)
+        elif item != "LICENSE":
+            notes.append(f"{item} does not exist yet; not copied")
+    for name in TARGET_FILES:
+        if (target_dir / name).is_file():
+            shutil.copy2(target_dir / name, out / name)
+    shutil.copy2(target_dir / "deploy.json", out / "deploy.json")
+    return notes
+
+
+def _write_readme(out: Path, cfg: DeployConfig) -> list[str]:
+    """The repo's README with the target's front matter; returns build notes."""
+    readme = REPO_ROOT / "README.md"
+    if not readme.is_file():
+        return ["README.md does not exist; not copied"]
+    try:
+        data, body = split_front_matter(readme.read_text(encoding="utf-8"))
+        text = join_front_matter(target_front_matter(data, cfg), body)
+        (out / "README.md").write_text(text, encoding="utf-8")
+    except ValueError as err:  # validation reports the broken copy
+        shutil.copy2(readme, out / "README.md")
+        return [str(err)]
+    return []
+
+
+def _write_requirements(out: Path, target_dir: Path, target: str) -> list[str]:
+    """The repo's requirements merged with the target's extra ones; returns build notes."""
+    base_req = REPO_ROOT / "requirements.txt"
+    if not base_req.is_file():
+        return ["requirements.txt does not exist; not copied"]
+    extra_req = target_dir / "requirements.extra.txt"
+    extra = extra_req.read_text(encoding="utf-8") if extra_req.is_file() else ""
+    merged = merge_requirements(base_req.read_text(encoding="utf-8"), extra, target)
+    (out / "requirements.txt").write_text(merged, encoding="utf-8")
+    return []
+
+
 # ---------- validation ----------
 
 def validate_space(folder: Path) -> list[str]:
     """Offline checks of a built Space folder; returns error messages (empty: valid)."""
     folder = Path(folder)
-    errors = []
-    readme = folder / "README.md"
-    front: dict = {}
-    if not readme.is_file():
-        errors.append("README.md is missing")
-    else:
-        try:
-            front, _ = split_front_matter(readme.read_text(encoding="utf-8"))
-        except ValueError as err:
-            errors.append(str(err))
+    front, errors = _read_front_matter(folder / "README.md")
     if front:
-        errors += [f"front matter lacks required key {k!r}" for k in REQUIRED_KEYS if k not in front]
-        for key in ("colorFrom", "colorTo"):
-            if key in front and front[key] not in COLORS:
-                errors.append(f"front matter {key} {front[key]!r} is not one of {', '.join(sorted(COLORS))}")
-        if front.get("sdk", "gradio") != "gradio":
-            errors.append(f"front matter sdk must be gradio, got {front['sdk']!r}")
-        if len(str(front.get("short_description", ""))) > 60:
-            errors.append("front matter short_description is longer than 60 characters")
-        if "python_version" in front and not re.fullmatch(r"3\.\d+(\.\d+)?", str(front["python_version"])):
-            errors.append(f"front matter python_version {front['python_version']!r} is not 3.x or 3.x.x")
-        for key in ("models", "tags", "preload_from_hub"):
-            if key in front and not (isinstance(front[key], list) and all(isinstance(v, str) for v in front[key])):
-                errors.append(f"front matter {key} must be a list of strings")
-        app_file = front.get("app_file")
-        if app_file and not (folder / str(app_file)).is_file():
-            errors.append(f"app_file {app_file} does not exist in the Space folder")
-
+        errors += _front_matter_errors(front, folder)
     req_path = folder / "requirements.txt"
     requirements = req_path.read_text(encoding="utf-8") if req_path.is_file() else ""
     if not req_path.is_file():
         errors.append("requirements.txt is missing")
-    pin = gradio_pin(requirements)
-    if requirements and pin is None:
-        errors.append("requirements.txt does not pin gradio==X")
-    if front.get("sdk_version") is not None and pin is not None and str(front["sdk_version"]) != pin:
-        errors.append(f"sdk_version {front['sdk_version']} differs from the gradio pin {pin} in requirements.txt")
     pins = parse_pins(requirements)
-    if requirements and not re.fullmatch(r"torch\s*==\s*\S+", pins.get("torch", "")):
-        errors.append("requirements.txt does not pin torch==X")
-
+    errors += _requirements_errors(requirements, pins, front)
     try:
         cfg = load_deploy_config(folder / "deploy.json")
     except ValueError as err:
         errors.append(str(err))
         return errors
+    return errors + _deploy_errors(cfg, front, folder, requirements, pins)
+
+
+def _read_front_matter(readme: Path) -> tuple[dict, list[str]]:
+    """(front matter, errors); the front matter is empty when the README is missing or unreadable."""
+    if not readme.is_file():
+        return {}, ["README.md is missing"]
+    try:
+        front, _ = split_front_matter(readme.read_text(encoding="utf-8"))
+    except ValueError as err:
+        return {}, [str(err)]
+    return front, []
+
+
+def _front_matter_errors(front: dict, folder: Path) -> list[str]:
+    errors = [f"front matter lacks required key {k!r}" for k in REQUIRED_KEYS if k not in front]
+    for key in ("colorFrom", "colorTo"):
+        if key in front and front[key] not in COLORS:
+            errors.append(f"front matter {key} {front[key]!r} is not one of {', '.join(sorted(COLORS))}")
+    if front.get("sdk", "gradio") != "gradio":
+        errors.append(f"front matter sdk must be gradio, got {front['sdk']!r}")
+    if len(str(front.get("short_description", ""))) > 60:
+        errors.append("front matter short_description is longer than 60 characters")
+    if "python_version" in front and not re.fullmatch(r"3\.\d+(\.\d+)?", str(front["python_version"])):
+        errors.append(f"front matter python_version {front['python_version']!r} is not 3.x or 3.x.x")
+    for key in ("models", "tags", "preload_from_hub"):
+        if key in front and not (isinstance(front[key], list) and all(isinstance(v, str) for v in front[key])):
+            errors.append(f"front matter {key} must be a list of strings")
+    app_file = front.get("app_file")
+    if app_file and not (folder / str(app_file)).is_file():
+        errors.append(f"app_file {app_file} does not exist in the Space folder")
+    return errors
+
+
+def _requirements_errors(requirements: str, pins: dict[str, str], front: dict) -> list[str]:
+    errors = []
+    pin = gradio_pin(requirements)
+    if requirements and pin is None:
+        errors.append("requirements.txt does not pin gradio==X")
+    if front.get("sdk_version") is not None and pin is not None and str(front["sdk_version"]) != pin:
+        errors.append(f"sdk_version {front['sdk_version']} differs from the gradio pin {pin} in requirements.txt")
+    if requirements and not re.fullmatch(r"torch\s*==\s*\S+", pins.get("torch", "")):
+        errors.append("requirements.txt does not pin torch==X")
+    return errors
+
+
+def _deploy_errors(cfg: DeployConfig, front: dict, folder: Path, requirements: str,
+                   pins: dict[str, str]) -> list[str]:
+    """Where deploy.json disagrees with the front matter, the requirements or the folder."""
+    errors = []
     if front and front.get("suggested_hardware") != cfg.suggested_hardware:
         errors.append(f"front matter suggested_hardware {front.get('suggested_hardware')!r} "
                       f"differs from deploy.json's {cfg.suggested_hardware!r}")

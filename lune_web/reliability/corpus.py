@@ -158,27 +158,43 @@ def _session_action(S, session, case: Case):
 def run_session_case(S, session, case: Case) -> Outcome:
     """One case through the web service S (lune_web.service) on `session`, which holds a model, facts
     and a finished run."""
-    from lune_core.facts import FactError
-    from lune_core.errors import ModelLoadError
-    from lune_web.errors import UserError, user_message
+    from lune_web.errors import user_message
 
     before = _session_state(session)
-    problems: list[str] = []
     try:
         result = _session_action(S, session, case)
     except Exception as err:  # noqa: BLE001 - judged below
         message = user_message(err)
-        if not case.rejected:
-            problems.append(f"refused: {message}")
-        if not isinstance(err, (UserError, FactError, ModelLoadError)):
-            problems.append(f"not a user error: {type(err).__name__}")
-        _one_clear_line(message, case.message, problems)
+        problems = _session_refusal_problems(err, message, case)
         if _session_state(session) != before:
             problems.append("session state changed")
         return Outcome(case, "session", not problems, message, problems)
+    problems = _session_result_problems(case, result)
+    now = _session_state(session)
+    if (now[0], now[2], now[3], now[4]) != (before[0], before[2], before[3], before[4]):
+        problems.append("model or results changed")
+    return Outcome(case, "session", not problems, "accepted", problems)
+
+
+def _session_refusal_problems(err: Exception, message: str, case: Case) -> list[str]:
+    from lune_core.errors import ModelLoadError
+    from lune_core.facts import FactError
+    from lune_web.errors import UserError
+
+    problems: list[str] = []
+    if not case.rejected:
+        problems.append(f"refused: {message}")
+    if not isinstance(err, (UserError, FactError, ModelLoadError)):
+        problems.append(f"not a user error: {type(err).__name__}")
+    _one_clear_line(message, case.message, problems)
+    return problems
+
+
+def _session_result_problems(case: Case, result) -> list[str]:
     if case.rejected:
-        problems.append("accepted")
-    elif case.where == "facts":
+        return ["accepted"]
+    problems: list[str] = []
+    if case.where == "facts":
         if [r["question"] for r in result] != [_nfc(row[0]) for row in case.input]:
             problems.append("questions not returned as typed")
         if case.answer_known is not None and any(r["known"] != case.answer_known for r in result):
@@ -189,10 +205,7 @@ def run_session_case(S, session, case: Case) -> Outcome:
             problems.append("answer not returned as typed")
     elif case.where == "ask" and not all(isinstance(a, str) for a in result):
         problems.append("no answers")
-    now = _session_state(session)
-    if (now[0], now[2], now[3], now[4]) != (before[0], before[2], before[3], before[4]):
-        problems.append("model or results changed")
-    return Outcome(case, "session", not problems, "accepted", problems)
+    return problems
 
 
 # ---- the command line -----------------------------------------------------------------------------
@@ -302,31 +315,41 @@ def _app_status(case: Case, client, rows: list[list[str]]) -> tuple[str, list, o
 
 def run_app_case(case: Case, client, rows: list[list[str]]) -> Outcome:
     """One case through the app's API, on a client whose session has loaded a model and run once."""
-    problems: list[str] = []
     try:
         status, untouched, result = _app_status(case, client, rows)
     except Exception as err:  # noqa: BLE001 - gradio refused it before our code (widget bounds)
         message = str(err).strip()
+        problems: list[str] = []
         if not (case.rejected and case.widget_message and case.widget_message in message):
             problems.append(f"raised: {message[:200]}")
         return Outcome(case, "app", not problems, message, problems)
     status = str(status)
     refused = status.startswith("⚠️")
     if case.rejected:
-        if not refused:
-            problems.append("accepted")
-        _one_clear_line(plain(status), case.message, problems)
-        if "<" in status:
-            problems.append("raw HTML in the status line")
-        if case.where == "ask":  # the answers beside a refused prompt were another prompt's: cleared, not kept
-            if any(value != "" for value in untouched):
-                problems.append("the previous prompt's answers stayed beside the warning")
-        elif not all(is_skip(value) for value in untouched):
-            problems.append("an output other than the status changed")
+        problems = _app_refusal_problems(case, status, refused, untouched)
         return Outcome(case, "app", not problems, plain(status), problems)
-    if refused:
-        problems.append(f"refused: {plain(status)}")
-    elif case.where == "facts":
+    problems = [f"refused: {plain(status)}"] if refused else _app_result_problems(case, result)
+    return Outcome(case, "app", not problems, "accepted", problems)
+
+
+def _app_refusal_problems(case: Case, status: str, refused: bool, untouched: list) -> list[str]:
+    problems: list[str] = []
+    if not refused:
+        problems.append("accepted")
+    _one_clear_line(plain(status), case.message, problems)
+    if "<" in status:
+        problems.append("raw HTML in the status line")
+    if case.where == "ask":  # the answers beside a refused prompt were another prompt's: cleared, not kept
+        if any(value != "" for value in untouched):
+            problems.append("the previous prompt's answers stayed beside the warning")
+    elif not all(is_skip(value) for value in untouched):
+        problems.append("an output other than the status changed")
+    return problems
+
+
+def _app_result_problems(case: Case, result) -> list[str]:
+    problems: list[str] = []
+    if case.where == "facts":
         shown = [row[0] for row in result["data"]]
         if shown != [_nfc(row[0]) for row in case.input]:
             problems.append("questions not shown as typed")
@@ -338,4 +361,4 @@ def run_app_case(case: Case, client, rows: list[list[str]]) -> Outcome:
             problems.append("answer not shown as typed")
     elif case.where == "ask" and not all(isinstance(a, str) for a in result):
         problems.append("no answers")
-    return Outcome(case, "app", not problems, "accepted", problems)
+    return problems

@@ -56,25 +56,29 @@ def build(page: Page, service: Service) -> None:
                                    headers=["question", "answer to forget", "the model says now", "known?"])
 
 
+def _preset_shown(page: Page, service: Service, preset_id, count, mode, table) -> dict:
+    entry = next((p for p in forms.presets() if p["id"] == preset_id), {})
+    all_rows = service.preset_rows(preset_id)
+    # A lesson's preset is one story (the invented person's details): taken whole.
+    rows = all_rows if entry.get("kind") == "taught" else all_rows[: max(1, int(count or 1))]
+    if mode == "append":  # the typed facts stay; the whole table must still be valid
+        rows = forms.clean_rows(table) + rows
+        service.facts_from_rows(rows)
+        note = f"Added {len(rows) - len(forms.clean_rows(table))} of the preset's facts below yours."
+    else:
+        note = f"Loaded {len(rows)} of the preset's {len(all_rows)} facts (fewer facts, quicker runs)."
+    shown = {page.facts: rows, page.preset_info: text(entry.get("description", "")), page.facts_status: note}
+    if entry.get("kind") == "taught":
+        shown[page.facts_status] += (" The model has never heard of this invented person: a fact it does not "
+                                     "say cannot be forgotten, so **teach it first** (the panel below).")
+        shown[page.teach_panel] = gr.Accordion(open=True)
+    return shown
+
+
 def wire(page: Page, service: Service) -> None:
     @guarded(page.facts_status)
     def on_preset(preset_id, count, mode, table):
-        entry = next((p for p in forms.presets() if p["id"] == preset_id), {})
-        all_rows = service.preset_rows(preset_id)
-        # A lesson's preset is one story (the invented person's details): taken whole.
-        rows = all_rows if entry.get("kind") == "taught" else all_rows[: max(1, int(count or 1))]
-        if mode == "append":  # the typed facts stay; the whole table must still be valid
-            rows = forms.clean_rows(table) + rows
-            service.facts_from_rows(rows)
-            note = f"Added {len(rows) - len(forms.clean_rows(table))} of the preset's facts below yours."
-        else:
-            note = f"Loaded {len(rows)} of the preset's {len(all_rows)} facts (fewer facts, quicker runs)."
-        shown = {page.facts: rows, page.preset_info: text(entry.get("description", "")), page.facts_status: note}
-        if entry.get("kind") == "taught":
-            shown[page.facts_status] += (" The model has never heard of this invented person: a fact it does not "
-                                         "say cannot be forgotten, so **teach it first** (the panel below).")
-            shown[page.teach_panel] = gr.Accordion(open=True)
-        return shown
+        return _preset_shown(page, service, preset_id, count, mode, table)
 
     @guarded(page.facts_status)
     def on_preview(state, rows, max_new_tokens):
@@ -112,6 +116,35 @@ def wire(page: Page, service: Service) -> None:
         return {page.facts: merged, page.facts_status: f"The table now holds {len(merged)} facts.",
                 page.sentences: "", page.base_table: base_frame([]), page.preset_info: ""}
 
+    preview_in = [page.state, page.facts, page.max_new_tokens]
+    preview_out = [page.base_table, page.facts_status]
+
+    def preview_after(event) -> None:
+        """Once `event` succeeds, show again what the model says about the table's facts."""
+        event.success(on_preview, preview_in, preview_out, api_visibility="private",
+                      show_progress_on=[page.facts_status], **HEAVY)
+
+    for trigger, api in ((page.preset.input, "use_preset"), (page.preset_button.click, "reload_preset")):
+        preview_after(trigger(on_preset, [page.preset, page.preset_count, page.preset_mode, page.facts],
+                              [page.facts, page.preset_info, page.facts_status, page.teach_panel], api_name=api,
+                              **LIGHT))
+    page.preview_button.click(on_preview, preview_in, preview_out, api_name="preview",
+                              show_progress_on=[page.facts_status], **HEAVY)
+    _wire_teach_panel(page, service, preview_after)
+    page.add_row_button.click(on_add_row, page.facts, [page.facts, page.facts_status], api_name="add_row", **LIGHT)
+    changed = [page.facts, page.facts_status, page.base_table, page.preset_info]
+    page.remove_row_button.click(on_remove_row, page.facts, changed, api_name="remove_row", **LIGHT)
+    page.clear_button.click(on_clear, page.facts, changed, api_name="clear_facts", **LIGHT)
+    # Typing in, or deleting from, the table keeps the count true (never "holds 4" after deleting 2).
+    page.facts.input(guarded(page.facts_status)(table_status), page.facts, changed[1:],
+                     api_visibility="private", **LIGHT)
+    page.add_button.click(on_add_sentences, [page.facts, page.sentences], changed[:2] + [page.sentences] + changed[2:],
+                          api_name="add_sentences", **LIGHT)
+
+
+def _wire_teach_panel(page: Page, service: Service, preview_after) -> None:
+    """The privacy lesson: teach the table's facts, or go back to the base; either way the base's answers
+    are shown again."""
     @guarded(page.teach_status)
     def on_teach(state, rows, seed):
         for update in service.teach(state, rows, seed):
@@ -134,27 +167,8 @@ def wire(page: Page, service: Service) -> None:
                                    "them, are gone.", page.teach_plot: loss_figure([], title="Teaching loss",
                                                                                   height=240)}
 
-    preview_in = [page.state, page.facts, page.max_new_tokens]
-    preview_out = [page.base_table, page.facts_status]
-    for trigger, api in ((page.preset.input, "use_preset"), (page.preset_button.click, "reload_preset")):
-        trigger(on_preset, [page.preset, page.preset_count, page.preset_mode, page.facts],
-                [page.facts, page.preset_info, page.facts_status, page.teach_panel], api_name=api, **LIGHT).success(
-            on_preview, preview_in, preview_out, api_visibility="private", show_progress_on=[page.facts_status],
-            **HEAVY)
-    page.preview_button.click(on_preview, preview_in, preview_out, api_name="preview",
-                              show_progress_on=[page.facts_status], **HEAVY)
-    page.teach_button.click(on_teach, [page.state, page.facts, page.seed], [page.teach_status, page.teach_plot],
-                            api_name="teach", show_progress_on=[page.teach_status], **HEAVY).success(
-        on_preview, preview_in, preview_out, api_visibility="private", show_progress_on=[page.facts_status], **HEAVY)
-    page.untaught_button.click(on_untaught, page.state, [page.teach_status, page.teach_plot], api_name="untaught",
-                               **LIGHT).success(
-        on_preview, preview_in, preview_out, api_visibility="private", show_progress_on=[page.facts_status], **HEAVY)
-    page.add_row_button.click(on_add_row, page.facts, [page.facts, page.facts_status], api_name="add_row", **LIGHT)
-    changed = [page.facts, page.facts_status, page.base_table, page.preset_info]
-    page.remove_row_button.click(on_remove_row, page.facts, changed, api_name="remove_row", **LIGHT)
-    page.clear_button.click(on_clear, page.facts, changed, api_name="clear_facts", **LIGHT)
-    # Typing in, or deleting from, the table keeps the count true (never "holds 4" after deleting 2).
-    page.facts.input(guarded(page.facts_status)(table_status), page.facts, changed[1:],
-                     api_visibility="private", **LIGHT)
-    page.add_button.click(on_add_sentences, [page.facts, page.sentences], changed[:2] + [page.sentences] + changed[2:],
-                          api_name="add_sentences", **LIGHT)
+    preview_after(page.teach_button.click(on_teach, [page.state, page.facts, page.seed],
+                                          [page.teach_status, page.teach_plot], api_name="teach",
+                                          show_progress_on=[page.teach_status], **HEAVY))
+    preview_after(page.untaught_button.click(on_untaught, page.state, [page.teach_status, page.teach_plot],
+                                             api_name="untaught", **LIGHT))
