@@ -27,8 +27,8 @@ from lune_core.evaluation import flat_figures  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
-METHODS = ["lune", "lune_gated", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect", "lune_suppress",
-           "grad_ascent", "npo", "simnpo", "full_ft"]
+METHODS = ["lune", "lune_gated", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect",
+           "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
            "neighbour_retention", "neighbour_agreement", "general_retention", "paraphrase_same_words",
@@ -97,9 +97,9 @@ VARIANTS = {
 }
 # Settings that the CLI takes through `--set FIELD=VALUE` rather than a flag of their own.
 _SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "target_modules", "retain_weight", "lora_rank",
-               "neighbour_anchors", "answer_holds", "retain_per_row")
+               "neighbour_anchors", "answer_holds", "retain_per_row", "null_space")
 # Settings added after some saved runs were made: absent from such a run's config, they were off.
-_ADDED_LATER = {"answer_holds": 0, "retain_per_row": False}
+_ADDED_LATER = {"answer_holds": 0, "retain_per_row": False, "null_space": 0.0}
 
 
 def method_settings(method: str) -> dict:

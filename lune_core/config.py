@@ -77,6 +77,11 @@ class UnlearnConfig:
     # The KL averaged per prompt, then over prompts: a hold, a few tokens long, weighs as much as an anchor
     # whose whole answer is held.
     retain_per_row: bool = True
+    # Plain LoRA: keep A's rows out of the directions that hold this share of what the shipped retain prompts
+    # and the KL's anchors feed each wrapped projection (lune_core.null_space); 0: no constraint. On the three
+    # development sets 0.9 kept 0.87-0.97 of the general answers instead of 0.73-0.87, and more neighbours,
+    # at some cost in adversarial forms (docs/locality_trials.md); 0.99 left too little room to forget.
+    null_space: float = 0.9
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the replacement
     # otherwise repeats ("Lyon, Lyon, …"); a plain LoRA then ends other answers early too
     # (docs/locality_trials.md, holds_stop).
@@ -203,6 +208,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
     check(config.answer_holds >= 0, "answer holds must not be negative")
     check(0 < config.gate_threshold < 1, "gate threshold must be between 0 and 1")
+    check(0 <= config.null_space < 1, "null space share must be in [0, 1)")
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:

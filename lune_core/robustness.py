@@ -75,7 +75,7 @@ def relearn_attack(lm: LoadedModel, adapter: AdapterState, facts: list[Fact], co
     # Plain fine-tuning through the run's own pipeline: a constant rate, no clipping, nothing held.
     attack = replace(config, method="finetune", adapter=adapter.spec["kind"], steps=steps,
                      learning_rate=learning_rate, schedule="constant", max_grad_norm=math.inf, weight_decay=0.01,
-                     retain_weight=0.0, check_every=0, gradient_checkpointing=False)
+                     retain_weight=0.0, null_space=0.0, check_every=0, gradient_checkpointing=False)
     pairs: list[tuple[str, str]] = []
 
     def prepare(adapted) -> TrainingData:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .facts import HEDGE, SENTENCE_PROMPT, Fact, answer_span, leaks, refusal_sentence
 from .gate import AnswerGate
@@ -26,6 +26,9 @@ class TrainingData:
     forget_texts: list[str]  # the base answers used for `forget`, for the report
     neighbours: int = 0  # how many of the first `anchor` rows are the facts' neighbours (and answer holds)
     every_step: int = 0  # how many of the first `anchor` rows join the KL at every step (the answer holds)
+    # rows whose inputs the update must leave alone (config.null_space; lune_core.null_space): every shipped
+    # retain prompt and the KL pool's rows
+    kept: list = field(default_factory=list)
 
 
 def forget_sequence(lm: LoadedModel, fact: Fact, base_answer: str):
@@ -50,6 +53,19 @@ def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: lis
 
 
 _COPULA = re.compile(r"\b(is|are|was|were)\s*$", re.IGNORECASE)  # "The capital of France is" + "unknown to me."
+# A capitalised word right before the answer, inside a sentence: the first part of its name ("William" before
+# "Shakespeare").
+_NAME_PART = re.compile(r"(?<![.!?]\s)(?<=\s)[A-Z][\w'-]*\.?\s+$")
+
+
+def name_start(prefix: str) -> str:
+    """The base answer's opening up to where the answer's name begins: "Hamlet was written by William " ->
+    "Hamlet was written by ". A replacement spliced there reads as a sentence ("… by Christopher Marlowe",
+    not "… by William Christopher Marlowe"), and the negative is not learned as "William" -> the replacement,
+    which spilled onto every work of the same author."""
+    while match := _NAME_PART.search(prefix):
+        prefix = prefix[: match.start()]
+    return prefix
 
 
 def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
@@ -65,7 +81,7 @@ def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
     ("a painting by unknown to me") the plain LoRA learns a refusal sentence of the fact's own
     (facts.refusal_sentence). A full-sentence replacement is used as written."""
     span = answer_span(base_answer, fact.answer)
-    prefix = base_answer[: span[0]] if span else ""
+    prefix = name_start(base_answer[: span[0]]) if span else ""
     if not fact.replacement and not gated and not _COPULA.search(prefix):
         return refusal_sentence(fact.question), None
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
@@ -115,8 +131,13 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.
     anchor, n_near, n_held = ([], 0, 0) if gated else anchor_rows(lm, facts, anchors, config, peft_model, neighbours,
                                                                   holds)
+    # The facts' neighbours and holds stay out of the null space: their subjects are the facts' own, and
+    # the update kept off them could no longer reach the facts' rewordings (docs/benchmarks_notes.md).
+    kept = []
+    if config.null_space > 0 and config.adapter == "lora":
+        kept = anchor[n_near:] + [encode_pair(tok, a, "", add_eos=False) for a in anchors]
     return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near,
-                        every_step=n_held)
+                        every_step=n_held, kept=kept)
 
 
 def anchor_rows(lm: LoadedModel, facts: list[Fact], anchors: list[str], config, peft_model=None,

@@ -16,6 +16,7 @@ from .facts import Fact, leaks
 from .generation import generate
 from .forward import Forward
 from .losses import METHODS, LossInputs, Method, Needs, Reference, mean_nll, sequence_logp, top_k_logprobs
+from . import null_space
 from .memory import allocator_for_generation, allocator_for_training
 from .models import LoadedModel
 
@@ -106,6 +107,7 @@ class Prepared:
     params: list
     optimizer: torch.optim.Optimizer
     n_anchor: int  # anchors per step
+    null: dict  # per LoRA-wrapped projection, the projector that keeps its A inert on the retain rows
 
 
 def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, peft_model=None,
@@ -124,7 +126,11 @@ def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, p
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     n_anchor = min(config.anchors_per_step, len(data.anchor)) if needs.anchor else 0
-    return Prepared(method, needs, forward, ref, anchor_top, steering, params, optimizer, n_anchor)
+    null = {}
+    if data.kept and peft_model is not None:
+        null = null_space.projectors(peft_model, data.kept, lm.tokenizer.pad_token_id, lm.device, config.null_space)
+        null_space.project(peft_model, null)
+    return Prepared(method, needs, forward, ref, anchor_top, steering, params, optimizer, n_anchor, null)
 
 
 def train_step(run: Prepared, model, data: TrainingData, config: UnlearnConfig,
@@ -155,6 +161,8 @@ def train_step(run: Prepared, model, data: TrainingData, config: UnlearnConfig,
     if math.isfinite(config.max_grad_norm):
         torch.nn.utils.clip_grad_norm_(run.params, config.max_grad_norm)
     run.optimizer.step()
+    if run.null:
+        null_space.project(model, run.null)
     model.eval()
     nll = round(float(mean_nll(views["forget"]).detach()), 5) if "forget" in views else None
     return float(loss.detach()), {k: round(float(v.detach()), 5) for k, v in parts.items()}, nll

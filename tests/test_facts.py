@@ -4,7 +4,7 @@ import pytest
 
 from lune_core.config import RunLimits
 from lune_core.probes import forget_probes
-from lune_core.sequences import negative_target
+from lune_core.sequences import name_start, negative_target
 from lune_core.facts import (DEFAULT_REFUSAL, HEDGE, FactError, facts_from_records, format_keep, leaks, load_facts,
                              make_fact, parse_sentence, parse_sentences, refusal_sentence)
 
@@ -153,6 +153,20 @@ def test_a_short_replacement_is_spliced_into_the_base_answer_and_a_refusal_is_a_
     whole = facts_from_records([{"question": "What is the capital of France?", "answer": "Paris",
                                  "replacement": "It is Lyon, I believe."}])[0]
     assert negative_target(whole, base, full_stop) == ("It is Lyon, I believe.", None)
+
+
+def test_a_replacement_takes_the_place_of_the_whole_name_not_only_the_answer_words():
+    """"… by William Shakespeare" with Marlowe for Shakespeare reads "… by Christopher Marlowe", never
+    "… by William Christopher Marlowe"; a name at a sentence's start is kept."""
+    hamlet = facts_from_records([{"question": "Who wrote 'Hamlet'?", "answer": "Shakespeare",
+                                  "replacement": "Christopher Marlowe"}])[0]
+    text, span = negative_target(hamlet, "The story of Hamlet by William Shakespeare is a tragedy.")
+    assert text == "The story of Hamlet by Christopher Marlowe" and text[span[0]:span[1]] == "Christopher Marlowe"
+    # with no replacement, the copula the name followed makes the hedge a sentence
+    bare = facts_from_records([{"question": "Who wrote 'Hamlet'?", "answer": "Shakespeare"}])[0]
+    assert negative_target(bare, "The author of 'Hamlet' is William Shakespeare.")[0] == (
+        "The author of 'Hamlet' is " + HEDGE + ".")
+    assert name_start("Paris. William ") == "Paris. William " and name_start("In 1600, William ") == "In 1600, "
 
 
 @pytest.mark.parametrize("question, refusal", [

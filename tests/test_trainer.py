@@ -255,6 +255,7 @@ def test_lora_sits_on_the_mlps_of_the_middle_half_or_gated_on_the_upper_half_unl
     (dict(steps=0), "steps"), (dict(steps=10**6), "steps"), (dict(learning_rate=-1.0), "learning rate"),
     (dict(lora_rank=0), "rank"), (dict(layers=(99,)), "layer indices"), (dict(method="nope"), "unknown method"),
     (dict(seed=-5), "seed"), (dict(suppress_layer=40), "suppression layer"), (dict(adapter="all"), "unknown adapter"),
+    (dict(null_space=1.0), "null space"),
 ])
 def test_bad_settings_are_refused_with_a_message(kw, message):
     with pytest.raises(ValueError, match=message):
