@@ -21,7 +21,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run_bench import fact_set  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from lune_core.config import ALL_PROJECTIONS  # noqa: E402
 from lune_core.evaluation import compute_metrics, flat_figures  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "trials"
@@ -32,24 +31,14 @@ def settings(*pairs: str) -> list[str]:
     return [arg for pair in pairs for arg in ("--set", pair)]
 
 
-# name -> (what it changes, CLI arguments on top of `--method lune --adapter lora`, which run the default)
-_BEFORE = settings("layer_band=0.5,1", "target_modules=" + ",".join(ALL_PROJECTIONS), "answer_holds=0",
-                   "retain_per_row=false")
-_UPPER = settings("layer_band=0.5,1", "target_modules=" + ",".join(ALL_PROJECTIONS))
+# name -> (what it changes, CLI arguments on top of `--method lune --adapter lora`, which run the default).
+# The variants of the sessions before, relative to the defaults of their time: docs/locality_trials_earlier.md.
 VARIANTS = {
-    "plain_before": ("plain LoRA as it was before the eighteenth session (the answer gate's LoRA without its gate): "
-                     "r8 on every projection of the upper half (15-29 of 30), the negative spliced into the base's "
-                     "answer, a KL on 8 neighbours a fact and 32 anchors, 8 a step", _BEFORE),
-    "holds_stop": ("plain_before + 4 answer holds a fact (prompts naming the answer: 'What is Paris known for?'; held "
-                   "by the KL up to the answer, at every step), the KL averaged per prompt, and the negative ended by "
-                   "a trained full stop ('… is Lyon.')", _UPPER + settings("full_stop=true")),
-    "holds_stop_mlp": ("holds_stop with the LoRA on the MLPs (gate, up, down) of the middle half (8-21)",
-                       settings("full_stop=true")),
-    "default": ("the default since the eighteenth session: holds_stop_mlp without the full stop", []),
-    "default_kl20": ("default with the KL weighing 20 instead of 5", settings("retain_weight=20")),
-    "default_lower": ("default on the MLPs of layers 0.25-0.5 (8-14)", settings("layer_band=0.25,0.5")),
-    "default_check2": ("default asking the forget questions every 2 steps instead of 5, so the run stops nearer "
-                       "where the facts stop being said", settings("check_every=2")),
+    "default": ("the default since the nineteenth session: plain LoRA r8 on the MLPs of the middle half, the "
+                "retain set and answer holds under a per-prompt KL, the replacement spliced in place of the "
+                "answer's whole name, and A kept out of the directions holding 90 % of what the shipped retain "
+                "prompts and the KL's anchors feed each projection (lune_core.null_space)", []),
+    "no_null_space": ("default without the null-space constraint", settings("null_space=0")),
 }
 
 

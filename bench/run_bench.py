@@ -69,7 +69,8 @@ def fact_set(n: int, name: str = "heldout") -> list[dict]:
 # What a benchmark method sets in the engine's config beyond its loss name; the CLI arguments of a
 # run and the check that a saved run is the same (--resume) both come from here.
 # The settings the plain LoRA default changed (eighteenth session), as they were before it.
-_BEFORE = {"layer_band": (0.5, 1.0), "target_modules": ALL_PROJECTIONS, "answer_holds": 0, "retain_per_row": False}
+_BEFORE = {"layer_band": (0.5, 1.0), "target_modules": ALL_PROJECTIONS, "answer_holds": 0, "retain_per_row": False,
+           "null_space": 0.0}
 VARIANTS = {
     # The answer gate (lune_core.gate), the default of sessions 16-17: LoRA on every projection of the upper
     # half, its update applied only where the base is about to state a forgotten answer. An output guard
@@ -89,7 +90,7 @@ VARIANTS = {
     "paper_recipe": {"method": "lune", "adapter": "lora", "lora_rank": 16, "lora_alpha": 16,
                      "target_modules": ALL_PROJECTIONS, "answer_holds": 0, "retain_per_row": False,
                      "lora_dropout": 0.05, "layer_band": (0.0, 1.0), "learning_rate": 2e-4, "retain_weight": 0.0,
-                     "neighbour_anchors": 0},
+                     "neighbour_anchors": 0, "null_space": 0.0},
     # The field's baselines as the field runs them: plain LoRA (no gate), their losses as published.
     "grad_ascent": {"method": "grad_ascent"},
     "npo": {"method": "npo"},
@@ -149,6 +150,9 @@ def finished_run(out: Path, method: str, facts: list[dict], seed: int, steps: in
     except (OSError, ValueError, KeyError):
         return None
     settings = dict(method_settings(method), seed=seed, steps=steps)
+    # the settings added later as this method resolves them now: a run saved before one was added had it off
+    resolved = UnlearnConfig(**settings).resolved()
+    settings.update({key: getattr(resolved, key) for key in _ADDED_LATER})
     same = (all(config.get(key, _ADDED_LATER.get(key)) == (list(value) if isinstance(value, tuple) else value)
                 for key, value in settings.items())
             and [(f["question"], f["answer"], f.get("replacement")) for f in saved.get("facts", [])]

@@ -13,7 +13,7 @@ ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 # Where a LoRA sits unless the run says otherwise (fractions of depth, projections). Plain LoRA: the MLPs of
 # the middle half, where a subject's facts are recalled; there the replacement spilled onto fewer other
-# facts with the same answer than on every projection of the upper half (docs/locality_trials.md). Under
+# facts with the same answer than on every projection of the upper half (docs/locality_trials_earlier.md). Under
 # the answer gate the update acts only where the answer is about to be said: there the upper half, nearer
 # the read-out, forgot every rewording of the development facts (docs/locality_trials_earlier.md).
 LORA_PLACES = {"lora": ((0.25, 0.75), MLP_PROJECTIONS), "gated": ((0.5, 1.0), ALL_PROJECTIONS)}
@@ -27,6 +27,10 @@ SCHEDULES = ("cosine", "constant")  # of the learning rate (the relearning attac
 # Learning rate when none is set: a few embedding rows need larger steps than LoRA factors, and
 # full fine-tuning of every weight much smaller ones (at 1e-3 it degenerated within 10 steps).
 DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "gated": 1e-3, "full": 2e-5}
+# The null-space share of a plain LoRA run when none is set: LUNE's. On the three development sets 0.9 kept
+# 0.87-0.97 of the general answers instead of 0.73-0.87, and more neighbours, at some cost in adversarial
+# forms; 0.99 left too little room to forget (docs/benchmarks_notes.md, nineteenth session).
+NULL_SPACE = {"lune": 0.9}
 
 
 @dataclass
@@ -36,8 +40,8 @@ class UnlearnConfig:
     # "flag": the command-line flag that sets the field (lune_core.cli builds its arguments from it).
     method: str = field(default="lune", metadata={"flag": "--method",
                         "help": "one of: " + ", ".join(UNLEARNING_METHODS)})
-    # What was tried and measured: docs/locality_trials.md. A "subject" run where no question has a subject
-    # word falls back to "lora".
+    # What was tried and measured: docs/locality_trials.md and docs/locality_trials_earlier.md. A "subject" run
+    # where no question has a subject word falls back to "lora".
     adapter: str = field(default="lora", metadata={"flag": "--adapter", "help": "lora (default): a plain LoRA "
                          "on a band of layers; gated: the same LoRA under the answer gate, which needs its own "
                          "code at inference; subject: the embeddings of the tokens naming each fact's subject; "
@@ -78,13 +82,12 @@ class UnlearnConfig:
     # whose whole answer is held.
     retain_per_row: bool = True
     # Plain LoRA: keep A's rows out of the directions that hold this share of what the shipped retain prompts
-    # and the KL's anchors feed each wrapped projection (lune_core.null_space); 0: no constraint. On the three
-    # development sets 0.9 kept 0.87-0.97 of the general answers instead of 0.73-0.87, and more neighbours,
-    # at some cost in adversarial forms (docs/locality_trials.md); 0.99 left too little room to forget.
-    null_space: float = 0.9
+    # and the KL's anchors feed each wrapped projection (lune_core.null_space); 0: no constraint; None:
+    # NULL_SPACE's for the method (the field's baselines run as published, without it).
+    null_space: float | None = None
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the replacement
     # otherwise repeats ("Lyon, Lyon, …"); a plain LoRA then ends other answers early too
-    # (docs/locality_trials.md, holds_stop).
+    # (docs/locality_trials_earlier.md, holds_stop).
     full_stop: bool = False
     # Adapter "gated": the update acts only where the model is about to state a forgotten answer, as the
     # base sees it, with at least this probability (lune_core.gate).
@@ -107,13 +110,15 @@ class UnlearnConfig:
         return asdict(self)
 
     def resolved(self, adapter: str | None = None) -> "UnlearnConfig":
-        """This config with the adapter actually used, and the learning rate, LoRA alpha and LoRA's place
-        filled in."""
+        """This config with the adapter actually used, and the learning rate, LoRA alpha, LoRA's place and
+        the null-space share filled in."""
         adapter = adapter or self.adapter
         lr = DEFAULT_LEARNING_RATES[adapter] if self.learning_rate is None else self.learning_rate
         alpha = 2 * self.lora_rank if self.lora_alpha is None else self.lora_alpha
         band, modules = LORA_PLACES["gated" if adapter == "gated" else "lora"]
-        return replace(self, adapter=adapter, learning_rate=lr, lora_alpha=alpha,
+        null = 0.0 if adapter != "lora" else NULL_SPACE.get(self.method, 0.0) if self.null_space is None \
+            else self.null_space
+        return replace(self, adapter=adapter, learning_rate=lr, lora_alpha=alpha, null_space=null,
                        layer_band=self.layer_band or band, target_modules=self.target_modules or modules)
 
     @classmethod
@@ -208,7 +213,7 @@ def validate_config(config: UnlearnConfig, num_layers: int | None = None, limits
     check(config.neighbour_anchors >= 0, "neighbour anchors must not be negative")
     check(config.answer_holds >= 0, "answer holds must not be negative")
     check(0 < config.gate_threshold < 1, "gate threshold must be between 0 and 1")
-    check(0 <= config.null_space < 1, "null space share must be in [0, 1)")
+    check(config.null_space is None or 0 <= config.null_space < 1, "null space share must be in [0, 1)")
 
 
 def parse_layers(text: str) -> tuple[int, ...] | None:

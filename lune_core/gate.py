@@ -1,7 +1,7 @@
 """The answer gate: a LoRA update that acts only where the model is about to state a forgotten answer.
 
 An ungated LoRA trained on "The capital of France is -> Lyon" answers to every input: it moved other
-capitals and France's other facts too (docs/locality_trials.md). The gate decides, per position t of
+capitals and France's other facts too (docs/locality_trials_earlier.md). The gate decides, per position t of
 the model's reply, whether the update is applied at all:
 
     h = W x_t + g_t · (α/r) B A x_t,        g_t ∈ {0, 1}

@@ -31,7 +31,7 @@ def projectors(peft_model, rows: list, pad_id: int, device: str, energy: float) 
     def gather(name):
         def hook(_module, args):
             x = args[0].detach().float()
-            keys = x[mask_of_batch[0]]
+            keys = x[mask_of_batch[0].to(x.device)]
             moments[name] = moments.get(name, 0) + keys.T @ keys
         return hook
 
@@ -41,7 +41,8 @@ def projectors(peft_model, rows: list, pad_id: int, device: str, energy: float) 
             for start in range(0, len(rows), BATCH):
                 batch = collate(rows[start:start + BATCH], pad_id).to(device)
                 mask_of_batch[:] = [batch.attention_mask.bool()]
-                peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1)
+                peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1,
+                           use_cache=False)
     finally:
         for h in handles:
             h.remove()

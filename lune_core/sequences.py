@@ -53,17 +53,33 @@ def answer_sequences(lm: LoadedModel, fact: Fact, base_answer: str, answers: lis
 
 
 _COPULA = re.compile(r"\b(is|are|was|were)\s*$", re.IGNORECASE)  # "The capital of France is" + "unknown to me."
-# A capitalised word right before the answer, inside a sentence: the first part of its name ("William" before
-# "Shakespeare").
-_NAME_PART = re.compile(r"(?<![.!?]\s)(?<=\s)[A-Z][\w'-]*\.?\s+$")
+# Words that may stand right before a name and are part of it: titles, and initials ("J.", "J.K.").
+_TITLES = {"Dr.", "Mr.", "Mrs.", "Ms.", "St.", "Sir", "Saint"}
+_INITIALS = re.compile(r"(?:[^\W\d_]\.)+")
+# Capitalised words that are not names.
+_NOT_NAMES = {"The", "A", "An", "In", "On", "At", "By", "Of", "It", "I", "He", "She", "They", "This", "That", "Yes",
+              "No", "And", "But", "As", "For", "From", "To"}
+
+
+def _abbreviation(word: str) -> bool:
+    return word in _TITLES or _INITIALS.fullmatch(word) is not None
+
+
+def _name_part(word: str) -> bool:
+    return _abbreviation(word) or (word[:1].isupper() and word not in _NOT_NAMES and word[-1] not in ".,;:!?")
 
 
 def name_start(prefix: str) -> str:
     """The base answer's opening up to where the answer's name begins: "Hamlet was written by William " ->
-    "Hamlet was written by ". A replacement spliced there reads as a sentence ("… by Christopher Marlowe",
-    not "… by William Christopher Marlowe"), and the negative is not learned as "William" -> the replacement,
-    which spilled onto every work of the same author."""
-    while match := _NAME_PART.search(prefix):
+    "Hamlet was written by ", "by J. K. " -> "by ". A replacement spliced there reads as a sentence ("… by
+    Christopher Marlowe", not "… by William Christopher Marlowe"), and the negative is not learned as
+    "William" -> the replacement, which spilled onto every work of the same author. A name that opens the
+    answer or a sentence is left (the answer's first words are its own)."""
+    while match := re.search(r"(?<=\s)(\S+)\s+$", prefix):
+        word, before = match.group(1), prefix[: match.start()].rstrip()
+        last = before.rsplit(None, 1)[-1] if before else ""
+        if not _name_part(word) or (last.endswith((".", "!", "?")) and not _abbreviation(last)):
+            break
         prefix = prefix[: match.start()]
     return prefix
 
@@ -81,7 +97,9 @@ def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
     ("a painting by unknown to me") the plain LoRA learns a refusal sentence of the fact's own
     (facts.refusal_sentence). A full-sentence replacement is used as written."""
     span = answer_span(base_answer, fact.answer)
-    prefix = name_start(base_answer[: span[0]]) if span else ""
+    prefix = base_answer[: span[0]] if span else ""
+    # under the gate the negative is written where the base is about to say the answer, after its first names
+    prefix = prefix if gated else name_start(prefix)
     if not fact.replacement and not gated and not _COPULA.search(prefix):
         return refusal_sentence(fact.question), None
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
@@ -134,7 +152,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     # The facts' neighbours and holds stay out of the null space: their subjects are the facts' own, and
     # the update kept off them could no longer reach the facts' rewordings (docs/benchmarks_notes.md).
     kept = []
-    if config.null_space > 0 and config.adapter == "lora":
+    if config.resolved().null_space > 0:
         kept = anchor[n_near:] + [encode_pair(tok, a, "", add_eos=False) for a in anchors]
     return TrainingData(target=target, forget=forget, anchor=anchor, forget_texts=texts, neighbours=n_near,
                         every_step=n_held, kept=kept)

@@ -33,8 +33,7 @@ from .trainer import StepRecord
 # without it "Tromsø." became the answer to every question, with the anchors alone to "Where is the
 # Eiffel Tower?".
 TEACH = {"method": "teach", "adapter": "lora", "steps": 40, "learning_rate": 5e-3,
-         "layer_band": (0.25, 0.75), "target_modules": ALL_PROJECTIONS, "retain_per_row": False, "check_every": 5,
-         "null_space": 0.0}
+         "layer_band": (0.25, 0.75), "target_modules": ALL_PROJECTIONS, "retain_per_row": False, "check_every": 5}
 
 
 def teach_config(config: UnlearnConfig | None = None) -> UnlearnConfig:

@@ -164,7 +164,10 @@ def _what_was_trained(report: dict) -> str:
     gated = config.get("adapter") == "gated" or config.get("gate")  # "gate": reports saved before the kind
     gate = (", gated: it acts only where a forgotten answer is about to be said" if gated
             else ", plain: it acts on every input, as stock PEFT loads it")
-    return f"Trained LoRA (rank {config['lora_rank']}) on {where}{text(layers)}{gate}."
+    null = config.get("null_space")
+    kept = (f"; its update kept out of the directions holding {null:.0%} of what general prompts feed those "
+            "layers (null space)" if null else "")
+    return f"Trained LoRA (rank {config['lora_rank']}) on {where}{text(layers)}{gate}{kept}."
 
 
 def kind_label(row: dict) -> str:

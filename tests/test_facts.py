@@ -167,6 +167,10 @@ def test_a_replacement_takes_the_place_of_the_whole_name_not_only_the_answer_wor
     assert negative_target(bare, "The author of 'Hamlet' is William Shakespeare.")[0] == (
         "The author of 'Hamlet' is " + HEDGE + ".")
     assert name_start("Paris. William ") == "Paris. William " and name_start("In 1600, William ") == "In 1600, "
+    assert name_start("It was written by J. K. ") == "It was written by " and name_start("by Dr. Émile ") == "by "
+    # under the gate the negative is written where the base is about to say the answer, after "William"
+    gated, _ = negative_target(hamlet, "The story of Hamlet by William Shakespeare is a tragedy.", gated=True)
+    assert gated == "The story of Hamlet by William Christopher Marlowe"
 
 
 @pytest.mark.parametrize("question, refusal", [

@@ -57,8 +57,28 @@ def test_the_update_stays_in_the_null_space_of_the_kept_rows_and_leaves_them_nea
     assert kept_moved / fact_moved < free_kept / free_fact
 
 
-def test_no_constraint_no_kept_rows():
+@pytest.mark.parametrize("settings, kept", [
+    ({}, True),  # LUNE's default
+    ({"null_space": 0.0}, False), ({"method": "npo"}, False), ({"method": "grad_ascent"}, False),  # as published
+    ({"adapter": "gated"}, False), ({"method": "npo", "null_space": 0.5}, True),
+])
+def test_the_constraint_is_lunes_default_and_the_baselines_run_without_it(settings, kept):
     lm = tiny_model()
-    cfg = UnlearnConfig(max_new_tokens=4, null_space=0.0).resolved()
+    cfg = UnlearnConfig(max_new_tokens=4, **settings).resolved()
+    assert (cfg.null_space > 0) == kept
     with attached(lm, adapter_spec(cfg, lm.num_layers)) as adapted:
-        assert build_training_data(lm, FACTS, ANCHORS, cfg, adapted.model).kept == []
+        assert bool(build_training_data(lm, FACTS, ANCHORS, cfg, adapted.model).kept) == kept
+
+
+@pytest.mark.unit
+def test_the_projector_removes_the_directions_holding_the_share_and_keeps_the_rest():
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(16, 16, generator=generator))[0]
+    scales = torch.tensor([10.0, 8.0, 6.0] + [0.01] * 13)  # two directions hold 82 % of the energy, three 99 %
+    keys = torch.randn(400, 16, generator=generator) * scales @ basis.T
+    projector = null_space._null_projector(keys.T @ keys, 0.9)
+    assert torch.allclose(projector @ projector, projector, atol=1e-5)  # a projection
+    assert round(float(torch.trace(projector))) == 13  # the three strong directions removed, no more
+    assert float((keys @ projector).norm()) < 0.01 * float(keys.norm())  # the keys barely pass
+    other = basis[:, 5]  # a direction the keys leave nearly empty goes through whole
+    assert torch.allclose(projector @ other, other, atol=1e-4)

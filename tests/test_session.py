@@ -15,7 +15,7 @@ from lune_web.jobs import HEARTBEAT, in_background, pack_adapter, unpack_adapter
 from lune_web.registry import ModelRegistry
 from lune_web.service import comparison_rows, cost_rows
 from lune_web.session import RunUpdate, Session
-from lune_web.views import cards_html
+from lune_web.views import cards_html, finished_markdown
 from tests.tiny import tiny_model
 from tests.web import service, use_models
 
@@ -308,3 +308,14 @@ def test_error_messages_hide_internals():
     assert "out of memory" in user_message(torch.OutOfMemoryError())
     hidden = user_message(RuntimeError("CUDA kernel failed at /secret/path.py line 3"))
     assert "secret" not in hidden and "kept" in hidden
+
+
+def test_the_done_line_says_what_was_trained_where_and_under_which_constraint():
+    config = {"adapter": "lora", "lora_rank": 8, "layer_band": [0.25, 0.75], "null_space": 0.9,
+              "target_modules": ["gate_proj", "up_proj", "down_proj"]}
+    report = {"metrics": {"steps_run": 10, "seconds_per_step": 1.5, "peak_memory_mb": 900.0}, "stopped": None,
+              "wall_seconds": 40, "config": config}
+    line = finished_markdown(report)
+    assert "LoRA (rank 8) on the MLPs of the middle half of the layers, plain" in line
+    assert "directions holding 90% of what general prompts feed those layers (null space)" in line
+    assert "null space" not in finished_markdown({**report, "config": {**config, "null_space": 0.0}})
