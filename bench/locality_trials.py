@@ -36,9 +36,9 @@ def settings(*pairs: str) -> list[str]:
 VARIANTS = {
     "default": ("the default since the nineteenth session: plain LoRA r8 on the MLPs of the middle half, the "
                 "retain set and answer holds under a per-prompt KL, the replacement spliced in place of the "
-                "answer's whole name, and A kept out of the directions holding 90 % of what the shipped retain "
-                "prompts and the KL's anchors feed each projection (lune_core.null_space)", []),
-    "no_null_space": ("default without the null-space constraint", settings("null_space=0")),
+                "answer's whole name", []),
+    "null_space": ("default with A kept out of the directions holding 90 % of what the shipped retain prompts and "
+                   "the KL's anchors feed each projection (lune_core.null_space)", settings("null_space=0.9")),
 }
 
 

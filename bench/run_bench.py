@@ -27,7 +27,7 @@ from lune_core.evaluation import flat_figures  # noqa: E402
 from lune_core.facts import read_jsonl  # noqa: E402
 from lune_core.runner import load_general  # noqa: E402
 
-METHODS = ["lune", "lune_gated", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect",
+METHODS = ["lune", "lune_null", "lune_gated", "lune_ungated", "lune_subject", "paper_recipe", "lune_misdirect",
            "lune_suppress", "grad_ascent", "npo", "simnpo", "full_ft"]
 FULL_FT_LR = DEFAULT_LEARNING_RATES["full"]  # the engine's own default, passed explicitly for the record
 METRICS = ["forget_success", "forget_clean", "paraphrase_success", "reworded_success", "adversarial_success",
@@ -79,6 +79,9 @@ VARIANTS = {
     # Plain LoRA as it was before the eighteenth session: the gate's layers, a KL on the facts' neighbours
     # and anchors, no answer holds. What the default's changes alone bring.
     "lune_ungated": {"method": "lune", "adapter": "lora", **_BEFORE},
+    # The default with the null-space constraint (lune_core.null_space): LoRA's A kept out of the directions
+    # holding 90 % of what the shipped retain prompts and the KL's anchors feed each projection.
+    "lune_null": {"method": "lune", "adapter": "lora", "null_space": 0.9},
     # LUNE's loss on the subject's token embeddings instead of LoRA (the default of sessions 6-8):
     # what the choice of adapter alone changes
     "lune_subject": {"method": "lune", "adapter": "subject"},
