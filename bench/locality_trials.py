@@ -34,11 +34,14 @@ def settings(*pairs: str) -> list[str]:
 # name -> (what it changes, CLI arguments on top of `--method lune --adapter lora`, which run the default).
 # The variants of the sessions before, relative to the defaults of their time: docs/locality_trials_earlier.md.
 VARIANTS = {
-    "default": ("the default since the nineteenth session: plain LoRA r8 on the MLPs of the middle half, the "
-                "retain set and answer holds under a per-prompt KL, the replacement spliced in place of the "
-                "answer's whole name", []),
+    "default": ("the default since the eighteenth session: plain LoRA r8 on the MLPs of the middle half, the "
+                "retain set and answer holds under a per-prompt KL", []),
+    "whole_name": ("default with the replacement spliced in place of the answer's whole name ('… by Christopher "
+                   "Marlowe', not '… by William Christopher Marlowe')", settings("whole_name=true")),
     "null_space": ("default with A kept out of the directions holding 90 % of what the shipped retain prompts and "
                    "the KL's anchors feed each projection (lune_core.null_space)", settings("null_space=0.9")),
+    "null_space_95": ("null_space at 95 %", settings("null_space=0.95")),
+    "null_space_whole_name": ("null_space and whole_name together", settings("null_space=0.9", "whole_name=true")),
 }
 
 

@@ -80,8 +80,9 @@ VARIANTS = {
     # and anchors, no answer holds. What the default's changes alone bring.
     "lune_ungated": {"method": "lune", "adapter": "lora", **_BEFORE},
     # The default with the null-space constraint (lune_core.null_space): LoRA's A kept out of the directions
-    # holding 90 % of what the shipped retain prompts and the KL's anchors feed each projection.
-    "lune_null": {"method": "lune", "adapter": "lora", "null_space": 0.9},
+    # holding 90 % of what the shipped retain prompts and the KL's anchors feed each projection; with the
+    # whole-name splice, as it was measured (nineteenth session).
+    "lune_null": {"method": "lune", "adapter": "lora", "null_space": 0.9, "whole_name": True},
     # LUNE's loss on the subject's token embeddings instead of LoRA (the default of sessions 6-8):
     # what the choice of adapter alone changes
     "lune_subject": {"method": "lune", "adapter": "subject"},
@@ -101,9 +102,9 @@ VARIANTS = {
 }
 # Settings that the CLI takes through `--set FIELD=VALUE` rather than a flag of their own.
 _SET_FIELDS = ("lora_alpha", "lora_dropout", "layer_band", "target_modules", "retain_weight", "lora_rank",
-               "neighbour_anchors", "answer_holds", "retain_per_row", "null_space")
+               "neighbour_anchors", "answer_holds", "retain_per_row", "null_space", "whole_name")
 # Settings added after some saved runs were made: absent from such a run's config, they were off.
-_ADDED_LATER = {"answer_holds": 0, "retain_per_row": False, "null_space": 0.0}
+_ADDED_LATER = {"answer_holds": 0, "retain_per_row": False, "null_space": 0.0, "whole_name": False}
 
 
 def method_settings(method: str) -> dict:

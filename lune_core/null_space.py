@@ -1,12 +1,12 @@
-"""A constraint on a plain LoRA's update: keep it inert on what the retain set's prompts feed each layer
+"""An option of the plain LoRA (`null_space`): keep its update inert on what general prompts feed each layer
 (AlphaEdit, Fang et al. 2025, projects a weight edit onto the null space of preserved keys; here the keys
-are the inputs of each LoRA-wrapped projection on the retain rows, and the constraint is kept by projection
-after every optimiser step).
+are the inputs of each LoRA-wrapped projection on the kept rows, sequences.TrainingData.kept, and the
+constraint is kept by projection after every optimiser step).
 
-A LoRA's update is B·A, read on an input x as B·(A·x). With every row of A in the subspace the retain rows'
+A LoRA's update is B·A, read on an input x as B·(A·x). With every row of A in the subspace the kept rows'
 inputs leave nearly empty, A·x ≈ 0 for them: the update acts on what is particular to the facts and leaves
-the neighbours' and the answer holds' computation as the base's. The adapter stays a standard PEFT LoRA
-(A is saved as projected); nothing of this is needed at inference."""
+general prompts' computation as the base's. The adapter stays a standard PEFT LoRA (A is saved as
+projected); nothing of this is needed at inference."""
 from __future__ import annotations
 
 import torch

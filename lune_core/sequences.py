@@ -27,7 +27,7 @@ class TrainingData:
     neighbours: int = 0  # how many of the first `anchor` rows are the facts' neighbours (and answer holds)
     every_step: int = 0  # how many of the first `anchor` rows join the KL at every step (the answer holds)
     # rows whose inputs the update must leave alone (config.null_space; lune_core.null_space): every shipped
-    # retain prompt and the KL pool's rows
+    # retain prompt and the KL pool's anchors, not the facts' own neighbours and holds
     kept: list = field(default_factory=list)
 
 
@@ -84,8 +84,8 @@ def name_start(prefix: str) -> str:
     return prefix
 
 
-def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
-                    gated: bool = False) -> tuple[str, tuple[int, int] | None]:
+def negative_target(fact: Fact, base_answer: str, full_stop: bool = False, gated: bool = False,
+                    whole_name: bool = False) -> tuple[str, tuple[int, int] | None]:
     """The negative answer and the span that carries loss.
 
     A short replacement ("Lyon") is spliced into the base model's own answer in place of the forgotten
@@ -98,8 +98,9 @@ def negative_target(fact: Fact, base_answer: str, full_stop: bool = False,
     (facts.refusal_sentence). A full-sentence replacement is used as written."""
     span = answer_span(base_answer, fact.answer)
     prefix = base_answer[: span[0]] if span else ""
-    # under the gate the negative is written where the base is about to say the answer, after its first names
-    prefix = prefix if gated else name_start(prefix)
+    # `whole_name`: the replacement takes the place of the answer's whole name (name_start); under the gate the
+    # negative is written where the base is about to say the answer, after its first names
+    prefix = name_start(prefix) if whole_name and not gated else prefix
     if not fact.replacement and not gated and not _COPULA.search(prefix):
         return refusal_sentence(fact.question), None
     if span is None or span[0] == 0 or (fact.replacement and not fact.short_replacement):
@@ -143,7 +144,7 @@ def build_training_data(lm: LoadedModel, facts: list[Fact], anchors: list[str], 
     ends = gated or config.full_stop
     target = []
     for fact, answer in zip(facts, answers):
-        text, span = negative_target(fact, answer, ends, gated)
+        text, span = negative_target(fact, answer, ends, gated, config.whole_name)
         target.append(encode_pair(tok, fact.question, text, loss_span=span, add_eos=span is None or gated))
     # Under the gate the KL is zero wherever the gate stays shut, and it opens only where the base is
     # about to state a forgotten answer, which the pool leaves out: gated runs hold nothing.

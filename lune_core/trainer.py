@@ -107,7 +107,7 @@ class Prepared:
     params: list
     optimizer: torch.optim.Optimizer
     n_anchor: int  # anchors per step
-    null: dict  # per LoRA-wrapped projection, the projector that keeps its A inert on the retain rows
+    null: dict  # per LoRA-wrapped projection, the projector that keeps its A inert on the kept rows
 
 
 def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, peft_model=None,

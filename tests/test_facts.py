@@ -156,20 +156,22 @@ def test_a_short_replacement_is_spliced_into_the_base_answer_and_a_refusal_is_a_
 
 
 def test_a_replacement_takes_the_place_of_the_whole_name_not_only_the_answer_words():
-    """"… by William Shakespeare" with Marlowe for Shakespeare reads "… by Christopher Marlowe", never
-    "… by William Christopher Marlowe"; a name at a sentence's start is kept."""
+    """With `whole_name`, "… by William Shakespeare" with Marlowe for Shakespeare reads "… by Christopher
+    Marlowe", not "… by William Christopher Marlowe"; a name at a sentence's start is kept. Off by default."""
     hamlet = facts_from_records([{"question": "Who wrote 'Hamlet'?", "answer": "Shakespeare",
                                   "replacement": "Christopher Marlowe"}])[0]
-    text, span = negative_target(hamlet, "The story of Hamlet by William Shakespeare is a tragedy.")
+    base = "The story of Hamlet by William Shakespeare is a tragedy."
+    assert negative_target(hamlet, base)[0] == "The story of Hamlet by William Christopher Marlowe"
+    text, span = negative_target(hamlet, base, whole_name=True)
     assert text == "The story of Hamlet by Christopher Marlowe" and text[span[0]:span[1]] == "Christopher Marlowe"
     # with no replacement, the copula the name followed makes the hedge a sentence
     bare = facts_from_records([{"question": "Who wrote 'Hamlet'?", "answer": "Shakespeare"}])[0]
-    assert negative_target(bare, "The author of 'Hamlet' is William Shakespeare.")[0] == (
+    assert negative_target(bare, "The author of 'Hamlet' is William Shakespeare.", whole_name=True)[0] == (
         "The author of 'Hamlet' is " + HEDGE + ".")
     assert name_start("Paris. William ") == "Paris. William " and name_start("In 1600, William ") == "In 1600, "
     assert name_start("It was written by J. K. ") == "It was written by " and name_start("by Dr. Émile ") == "by "
     # under the gate the negative is written where the base is about to say the answer, after "William"
-    gated, _ = negative_target(hamlet, "The story of Hamlet by William Shakespeare is a tragedy.", gated=True)
+    gated, _ = negative_target(hamlet, base, gated=True, whole_name=True)
     assert gated == "The story of Hamlet by William Christopher Marlowe"
 
 
