@@ -83,9 +83,9 @@ class UnlearnConfig:
     # in 30 steps (docs/benchmarks_notes.md, nineteenth session): an option, not the default.
     null_space: float = 0.0
     # Splice a replacement in place of the answer's whole name ("… by Christopher Marlowe", not "… by William
-    # Christopher Marlowe"): it kept more same-answer facts on the development facts, but the LoRA no longer
-    # learns the first name's continuation, and the cloze "… by George ___" still said Orwell on the untuned
-    # heldout facts (docs/benchmarks_notes.md, nineteenth session): an option.
+    # Christopher Marlowe"): it kept more same-answer facts on the development facts, but as the default it
+    # failed the e2e test of rewordings and adversarial forms on the untuned heldout facts
+    # (docs/benchmarks_notes.md, nineteenth session): an option.
     whole_name: bool = False
     # End a spliced negative with a trained full stop ("… is Lyon."): on the upper layers the replacement
     # otherwise repeats ("Lyon, Lyon, …"); a plain LoRA then ends other answers early too
