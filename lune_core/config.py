@@ -29,11 +29,16 @@ SCHEDULES = ("cosine", "constant")  # of the learning rate (the relearning attac
 DEFAULT_LEARNING_RATES = {"subject": 1e-2, "lora": 1e-3, "gated": 1e-3, "full": 2e-5}
 
 
-@dataclass
-class UnlearnConfig:
-    """Settings of one unlearning run. Defaults make a 1-3 fact run on SmolLM2-135M succeed untuned."""
+# Settings are grouped by what reads them, one frozen dataclass per group (TRL gives each trainer its own config
+# class in the same way); UnlearnConfig is all of them at once, flat, so a saved report's "config" and
+# `--set FIELD=VALUE` name a field as they always did. `used_settings` says which groups a run reads.
+# "flag": the command-line flag that sets the field (lune_core.cli builds its arguments from it).
 
-    # "flag": the command-line flag that sets the field (lune_core.cli builds its arguments from it).
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every run: what it trains, for how long, at what rate, and when it stops."""
+
     method: str = field(default="lune", metadata={"flag": "--method",
                         "help": "one of: " + ", ".join(UNLEARNING_METHODS)})
     # What was tried and measured: docs/locality_trials.md and docs/locality_trials_earlier.md. A "subject" run
@@ -50,6 +55,22 @@ class UnlearnConfig:
     warmup_fraction: float = 0.05
     schedule: str = "cosine"  # of the learning rate: "cosine" (after warm-up) or "constant"
     max_grad_norm: float = 1.0
+    check_every: int = 5  # greedy check of the forget questions; 0 disables early stopping
+    # Early stop also needs the answer's tokens this unlikely (nats), so that rewordings of the
+    # question, which the run never sees, are pushed past the tipping point too.
+    stop_answer_nll: float = 4.0
+    max_new_tokens: int = field(default=32, metadata={"flag": "--max-new-tokens", "help": "answer length in tokens"})
+    seed: int = field(default=0, metadata={"flag": "--seed", "help": "seed of every random choice of the run"})
+    # Recompute each layer's activations in the backward pass instead of keeping them: less
+    # memory for more compute.
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "flag": "--gradient-checkpointing", "help": "recompute activations in the backward pass: less memory, slower"})
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """Adapters "lora" and "gated": the LoRA's shape and where it sits (lune_core.adapters)."""
+
     lora_rank: int = field(default=8, metadata={"flag": "--rank", "help": "LoRA rank (--adapter lora)"})
     lora_alpha: int | None = None  # None: twice the rank
     lora_dropout: float = 0.0  # dropout only adds noise to a 20-step run
@@ -59,10 +80,19 @@ class UnlearnConfig:
     layers: tuple[int, ...] | None = field(default=None, metadata={
         "flag": "--layers", "parse": "layers",
         "help": "layers with LoRA, e.g. 8-20 or 4,6,8 (default: the middle half; gated: the upper half)"})
-    suppress_layer: int | None = None  # None: the top layer of the LoRA band
-    suppress_weight: float = 0.5  # lune_misdirect and lune_suppress
-    steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
-    retain_weight: float = 5.0  # KL to the base model on anchor prompts: what keeps the edit local
+    # Plain LoRA only: keep A's rows out of the directions that hold this share of what the shipped retain
+    # prompts and the KL's anchors feed each wrapped projection (lune_core.null_space); 0: no constraint. At
+    # 0.9 it kept more general answers and neighbours on every set, but left a fact said on the untuned
+    # heldout set in 30 steps (docs/benchmarks_notes.md, nineteenth session): an option, not the default.
+    null_space: float = 0.0
+
+
+@dataclass(frozen=True)
+class RetainSettings:
+    """Methods with a KL to the base (lune, its variants, npo, simnpo, teach): what keeps the edit local
+    (lune_core.retain_set, lune_core.losses._retain)."""
+
+    retain_weight: float = 5.0  # KL to the base model on anchor prompts
     anchors_per_step: int = 8
     # Anchor prompts drawn from the shipped pool: 3/4 neighbours of the facts, the rest random.
     # 32 rather than 16 kept more general answers (0.80 vs 0.75 on the tuning facts).
@@ -77,11 +107,12 @@ class UnlearnConfig:
     # The KL averaged per prompt, then over prompts: a hold, a few tokens long, weighs as much as an anchor
     # whose whole answer is held.
     retain_per_row: bool = True
-    # Plain LoRA: keep A's rows out of the directions that hold this share of what the shipped retain prompts
-    # and the KL's anchors feed each wrapped projection (lune_core.null_space); 0: no constraint. At 0.9 it
-    # kept more general answers and neighbours on every set, but left a fact said on the untuned heldout set
-    # in 30 steps (docs/benchmarks_notes.md, nineteenth session): an option, not the default.
-    null_space: float = 0.0
+
+
+@dataclass(frozen=True)
+class NegativeSettings:
+    """Methods that learn a negative answer (lune, lune_misdirect): how it is written (lune_core.sequences)."""
+
     # Splice a replacement in place of the answer's whole name ("… by Christopher Marlowe", not "… by William
     # Christopher Marlowe"): it kept more same-answer facts on the development facts, but as the default it
     # failed the e2e test of rewordings and adversarial forms on the untuned heldout facts
@@ -91,22 +122,46 @@ class UnlearnConfig:
     # otherwise repeats ("Lyon, Lyon, …"); a plain LoRA then ends other answers early too
     # (docs/locality_trials_earlier.md, holds_stop).
     full_stop: bool = False
-    # Adapter "gated": the update acts only where the model is about to state a forgotten answer, as the
-    # base sees it, with at least this probability (lune_core.gate).
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Adapter "gated": the update acts only where the model is about to state a forgotten answer, as the
+    base sees it, with at least this probability (lune_core.gate)."""
+
     gate_threshold: float = GATE_THRESHOLD
+
+
+@dataclass(frozen=True)
+class SuppressSettings:
+    """lune_misdirect and lune_suppress: the answer's hidden state pushed toward a random direction."""
+
+    suppress_layer: int | None = None  # None: the top layer of the LoRA band
+    suppress_weight: float = 0.5
+    steering_scale: float = 1.0  # target norm of the misdirected state, relative to the base's
+
+
+@dataclass(frozen=True)
+class NPOSettings:
+    """npo: the inverse temperature of its preference loss."""
+
     npo_beta: float = 0.1
+
+
+@dataclass(frozen=True)
+class SimNPOSettings:
+    """simnpo: inverse temperature and margin of its length-normalised loss."""
+
     simnpo_beta: float = 4.5
     simnpo_delta: float = 0.0
-    check_every: int = 5  # greedy check of the forget questions; 0 disables early stopping
-    # Early stop also needs the answer's tokens this unlikely (nats), so that rewordings of the
-    # question, which the run never sees, are pushed past the tipping point too.
-    stop_answer_nll: float = 4.0
-    max_new_tokens: int = field(default=32, metadata={"flag": "--max-new-tokens", "help": "answer length in tokens"})
-    seed: int = field(default=0, metadata={"flag": "--seed", "help": "seed of every random choice of the run"})
-    # Recompute each layer's activations in the backward pass instead of keeping them: less
-    # memory for more compute.
-    gradient_checkpointing: bool = field(default=False, metadata={
-        "flag": "--gradient-checkpointing", "help": "recompute activations in the backward pass: less memory, slower"})
+
+
+@dataclass(frozen=True)
+class UnlearnConfig(SimNPOSettings, NPOSettings, SuppressSettings, GateSettings, NegativeSettings, RetainSettings,
+                    LoraSettings, RunSettings):
+    """Settings of one unlearning run: every group, the run's first (dataclasses take fields from the last base
+    first). Frozen: validated once, then passed as it is. Defaults make a 1-3 fact run on SmolLM2-135M succeed
+    untuned."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,6 +191,28 @@ class UnlearnConfig:
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+# What each group is called where a run's settings are listed (the adapter's card), in the order listed.
+SETTING_GROUPS = {RunSettings: "run", LoraSettings: "LoRA", RetainSettings: "KL to the base",
+                  NegativeSettings: "negatives", GateSettings: "answer gate", SuppressSettings: "suppression",
+                  NPOSettings: "NPO", SimNPOSettings: "SimNPO"}
+
+
+def used_settings(config: UnlearnConfig) -> dict[str, dict]:
+    """The groups of settings this run reads, by name, each with its values: what a reader of the run needs,
+    without the settings of methods and adapters it did not use."""
+    method = METHODS[config.method]
+    reads = {RunSettings: True,
+             LoraSettings: config.adapter in ("lora", "gated"),
+             RetainSettings: method.needs.anchor,
+             NegativeSettings: method.needs.target and not method.learns,
+             GateSettings: config.adapter == "gated",
+             SuppressSettings: method.needs.hidden,
+             NPOSettings: config.method == "npo",
+             SimNPOSettings: config.method == "simnpo"}
+    return {name: {f.name: getattr(config, f.name) for f in fields(group)}
+            for group, name in SETTING_GROUPS.items() if reads[group]}
 
 
 @dataclass(frozen=True)

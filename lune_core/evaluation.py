@@ -190,9 +190,11 @@ def flat_figures(metrics: dict) -> dict:
 
 
 def _answers_view(model, sequences, device: str, pad_id: int, disable=None, gate=None):
-    """One forward over (question, answer) sequences, no gradient: the answers' positions (Selected)."""
+    """One forward over (question, answer) sequences, no gradient: the answers' positions (Selected). Their
+    common opening is run once, unless a gate's mask must cover whole rows."""
     with (disable or nullcontext()), torch.no_grad():
-        return Forward(model, device, pad_id, gate=gate)({"answers": sequences})["answers"]
+        shared = frozenset() if gate is None else None
+        return Forward(model, device, pad_id, edited=shared, gate=gate)({"answers": sequences})["answers"]
 
 
 def answer_logprobs(model, sequences, device: str, pad_id: int, disable=None, gate=None) -> torch.Tensor:

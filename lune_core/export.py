@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -12,6 +13,7 @@ from safetensors.torch import save_file
 
 from . import gate
 from .adapters import AdapterState, peft_config
+from .config import UnlearnConfig, used_settings
 from .ids import EMBEDDED_GGUF, EMBEDDED_MODEL, EMBEDDED_PACKAGE
 
 ADAPTER_FOLDER = "lune-adapter"
@@ -54,8 +56,14 @@ def _fmt(value) -> str:
     return "n/a" if value is None else str(value)
 
 
+def _used(config: dict) -> dict[str, dict]:
+    """used_settings of a report's config; a setting this version does not know is left out."""
+    known = {f.name for f in fields(UnlearnConfig)}
+    return used_settings(UnlearnConfig.from_dict({k: v for k, v in config.items() if k in known}))
+
+
 def model_card(adapter: AdapterState, base_model: str, report: dict | None = None) -> str:
-    """Names the base model, how many facts, the method, every setting and the seed; never the facts
+    """Names the base model, how many facts, the method, the settings the run read and the seed; never the facts
     themselves (they may be exactly the private details the adapter was made to hide)."""
     config = (report or {}).get("config") or {}
     metrics = (report or {}).get("metrics") or {}
@@ -103,8 +111,10 @@ def model_card(adapter: AdapterState, base_model: str, report: dict | None = Non
           if gated else []),
     ]
     if config:
-        lines += ["", "## Settings", "", "| setting | value |", "| --- | --- |"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in config.items()]
+        lines += ["", "## Settings", "", "The settings this run read, by what reads them.", "",
+                  "| read by | setting | value |", "| --- | --- | --- |"]
+        lines += [f"| {group} | {k} | {_fmt(config[k])} |" for group, values in _used(config).items()
+                  for k in values if k in config]
     if metrics:
         lines += ["", "## Measured on this run", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_fmt(metrics.get(k))} |" for k in CARD_METRICS if k in metrics]

@@ -2,6 +2,8 @@
 place that asks the model for logits (and hidden states) at the positions that carry loss."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from .losses import Selected, loss_positions, select_positions
@@ -15,18 +17,19 @@ class Forward:
     """One padded forward over every group a method needs, split back into Selected views: the one
     place that asks the model for logits (and the suppression layer's states) at loss positions.
 
-    `edited`: when the run trains nothing but these embedding rows (the subject adapter), the tokens
-    every row opens with (the chat template's system prompt, a third of each row) come out the same
-    whatever the run does, up to the first edited token. They are then run once, without a graph,
-    and every row continues from their cached keys and values: the same outputs and gradients for
-    about a third less compute and activation memory. None: every weight may train, share nothing.
+    `edited`: the tokens every row opens with (the chat template's system prompt, half of a short row) are
+    run once, up to the first of these tokens, and every row continues from their cached keys and values:
+    the same outputs and gradients for about a third less compute and activation memory. None: share
+    nothing. `opening_trains`: weights the opening passes through train (a LoRA, full fine-tuning), so it
+    is run with a graph and its gradient gathers every row's, as in a pass over whole rows; otherwise
+    (the subject adapter, whose edited tokens are never in it) it is run without one.
 
     `gate`: a gated adapter's AnswerGate, told where it is open before each pass."""
 
     def __init__(self, model, device: str, pad_id: int, layer: int = 0, with_hidden: bool = False,
-                 edited: frozenset[int] | None = None, gate=None):
+                 edited: frozenset[int] | None = None, gate=None, opening_trains: bool = False):
         self.model, self.device, self.pad_id, self.layer, self.with_hidden = model, device, pad_id, layer, with_hidden
-        self.edited, self.gate = edited, gate
+        self.edited, self.gate, self.opening_trains = edited, gate, opening_trains
 
     def __call__(self, groups: dict[str, list]) -> dict[str, Selected]:
         names = [n for n, seqs in groups.items() if seqs]
@@ -61,7 +64,7 @@ class Forward:
         cols = torch.arange(batch.input_ids.shape[1] - n, device=self.device)[None]
         source = torch.where(cols < pads[:, None], cols, cols + n)
         tail = TokenBatch(*(t.gather(1, source) for t in (batch.input_ids, batch.attention_mask, batch.labels)))
-        with torch.no_grad():
+        with nullcontext() if self.opening_trains else torch.no_grad():
             opening = batch.input_ids[:1, int(pads[0]):int(pads[0]) + n]
             cache = self.model(input_ids=opening, use_cache=True).past_key_values
         cache.batch_repeat_interleave(len(batch))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .prompting import IGNORE
 
 if TYPE_CHECKING:  # the losses read settings, they do not depend on where they are defined
-    from .config import UnlearnConfig
+    from .config import RetainSettings, SuppressSettings, UnlearnConfig
 
 
 @dataclass
@@ -121,7 +121,7 @@ def misdirection(hidden: torch.Tensor, ref_hidden: torch.Tensor, steering: torch
     return ((hidden.float() - goal) ** 2).sum(-1).div(norm.squeeze(-1) ** 2).mean()
 
 
-def _retain(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tensor:
+def _retain(inp: LossInputs, config: RetainSettings, parts: dict) -> torch.Tensor:
     if inp.anchor is None or config.retain_weight == 0:
         return torch.zeros(())
     parts["retain_kl"] = kl_to_reference(inp.anchor, inp.ref.anchor_top_logp, inp.ref.anchor_top_ids,
@@ -129,7 +129,7 @@ def _retain(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tensor
     return config.retain_weight * parts["retain_kl"]
 
 
-def _suppress(inp: LossInputs, config: UnlearnConfig, parts: dict) -> torch.Tensor:
+def _suppress(inp: LossInputs, config: SuppressSettings, parts: dict) -> torch.Tensor:
     parts["suppress"] = misdirection(inp.forget.hidden, inp.ref.forget_hidden, inp.steering, config.steering_scale)
     return config.suppress_weight * parts["suppress"]
 

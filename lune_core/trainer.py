@@ -65,13 +65,17 @@ def lr_at(step: int, config: UnlearnConfig) -> float:
     return config.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def edited_rows(config: UnlearnConfig, peft_model) -> frozenset[int] | None:
-    """The embedding rows a subject run trains, or None when other weights train too (LoRA, full
-    fine-tuning) or checkpointing is on (transformers drops a cache in checkpointed layers)."""
-    if config.adapter != "subject" or peft_model is None or config.gradient_checkpointing:
-        return None
-    rows = getattr(peft_model.active_peft_config, "token_indices", None)
-    return frozenset(rows) if rows else None
+def shared_opening(config: UnlearnConfig, peft_model, gate=None) -> tuple[frozenset[int] | None, bool]:
+    """How the rows' common opening is shared (Forward): (the tokens it must end before, whether weights it
+    passes through train). The subject adapter trains only its tokens' embedding rows; a LoRA or full
+    fine-tuning trains weights every token passes through. (None, False): share nothing, under the answer gate
+    (its mask covers whole rows) or with checkpointing (transformers drops a cache in checkpointed layers)."""
+    if gate is not None or config.gradient_checkpointing:
+        return None, False
+    if config.adapter == "subject":
+        rows = getattr(peft_model.active_peft_config, "token_indices", None) if peft_model is not None else None
+        return (frozenset(rows), False) if rows else (None, False)
+    return frozenset(), True
 
 
 def _reference(forward: Forward, data: TrainingData, needs: Needs, peft_model) -> tuple[Reference, list]:
@@ -117,8 +121,8 @@ def prepare(lm: LoadedModel, model, data: TrainingData, config: UnlearnConfig, p
     needs = method.needs if config.retain_weight > 0 else replace(method.needs, anchor=False)
     set_seed(config.seed)
     layer = suppression_layer(config, lm.num_layers)
-    forward = Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, needs.hidden,
-                      edited_rows(config, peft_model), gate)
+    edited, opening_trains = shared_opening(config, peft_model, gate)
+    forward = Forward(model, lm.device, lm.tokenizer.pad_token_id, layer, needs.hidden, edited, gate, opening_trains)
     ref, anchor_top = _reference(forward, data, needs, peft_model)
     generator = torch.Generator().manual_seed(config.seed)
     steering = torch.nn.functional.normalize(

@@ -68,16 +68,21 @@ def test_metrics_are_none_where_nothing_was_known():
 
 @pytest.mark.integration
 def test_answer_logprob_is_the_sum_over_the_answer_tokens():
+    """Per row as a lone unpadded pass computes it, though the rows are padded and share their opening."""
     lm = tiny_model()
-    pair = encode_pair(lm.tokenizer, "What is the capital of France?", "Paris", loss_span=(0, 5), add_eos=False)
-    logp = answer_logprobs(lm.model, [pair], "cpu", lm.tokenizer.pad_token_id)
-    ids, labels = torch.tensor([pair[0]]), torch.tensor([pair[1]])
-    with torch.no_grad():
-        logits = lm.model(ids).logits[0, :-1].log_softmax(-1)
-    targets = labels[0, 1:]
-    mask = targets != -100
-    expected = logits[mask].gather(-1, targets[mask].unsqueeze(-1)).sum()
-    assert logp.shape == (1,) and float(logp[0]) == pytest.approx(float(expected), rel=1e-4)
+    pairs = [encode_pair(lm.tokenizer, q, a, loss_span=(0, len(a)), add_eos=False)
+             for q, a in (("What is the capital of France?", "Paris"), ("Who wrote the play Hamlet, and when?",
+                                                                         "Shakespeare, in 1600"))]
+    logp = answer_logprobs(lm.model, pairs, "cpu", lm.tokenizer.pad_token_id)
+    assert logp.shape == (2,)
+    for pair, got in zip(pairs, logp):
+        ids, labels = torch.tensor([pair[0]]), torch.tensor([pair[1]])
+        with torch.no_grad():
+            logits = lm.model(ids).logits[0, :-1].log_softmax(-1)
+        targets = labels[0, 1:]
+        mask = targets != -100
+        expected = logits[mask].gather(-1, targets[mask].unsqueeze(-1)).sum()
+        assert float(got) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_a_degenerate_answer_is_never_counted_as_a_clean_forget_or_a_kept_answer():

@@ -16,7 +16,7 @@ from lune_core.losses import Needs, select_positions, top_k_logprobs
 from lune_core.models import load_model
 from lune_core.prompting import collate, encode_pair
 from lune_core.forward import MIN_SHARED_PREFIX, Forward, shared_prefix_length
-from lune_core.trainer import REFERENCE_BATCH, REFERENCE_TOP_K, _reference, edited_rows, lr_at, unlearn
+from lune_core.trainer import REFERENCE_BATCH, REFERENCE_TOP_K, _reference, lr_at, shared_opening, unlearn
 from tests.tiny import save_tiny_model, tiny_model
 
 pytestmark = pytest.mark.integration  # a tiny model, a subprocess or the app server
@@ -197,32 +197,39 @@ def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forwa
             assert views[name].hidden is None
 
 
-def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(lm):
-    """The subject adapter's shortcut: the chat template's opening, run once and cached, must change
-    nothing a loss sees; and an edited token in the opening ends the shared part before it."""
-    cfg = config(adapter="subject")
+@pytest.mark.parametrize("adapter", ["subject", "lora"])
+def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(lm, adapter):
+    """The chat template's opening, run once and cached, must change nothing a loss sees: without a graph
+    for the subject adapter (its edited tokens are never in it), with one for a LoRA, whose weights every
+    token passes through; and an edited token in the opening ends the shared part before it."""
+    cfg = config(adapter=adapter)
     facts = facts_from_records(FACTS)
-    edited = frozenset([lm.tokenizer(" France")["input_ids"][0]])
-    with attached(lm, adapter_spec(cfg, lm.num_layers, sorted(edited))) as adapted:
+    tokens = [lm.tokenizer(" France")["input_ids"][0]] if adapter == "subject" else []
+    with attached(lm, adapter_spec(cfg, lm.num_layers, tokens)) as adapted:
         peft_model = adapted.model
         data = build_training_data(lm, facts, ANCHORS, cfg, peft_model)
         groups = {"target": data.target, "forget": data.forget, "anchor": data.anchor}
         batch = collate([s for rows in groups.values() for s in rows], lm.tokenizer.pad_token_id)
-        shared = shared_prefix_length(batch, edited)
-        assert shared >= 10  # the system prompt and the user turn's opening
-        assert edited_rows(cfg, peft_model) == edited
-        assert edited_rows(config(gradient_checkpointing=True), peft_model) is None
-        param = next(p for p in peft_model.parameters() if p.requires_grad)
+        edited, trains = shared_opening(cfg, peft_model)
+        assert (edited, trains) == ((frozenset(tokens), False) if adapter == "subject" else (frozenset(), True))
+        assert shared_prefix_length(batch, edited) >= 10  # the system prompt and the user turn's opening
+        assert shared_opening(config(adapter=adapter, gradient_checkpointing=True), peft_model) == (None, False)
+        assert shared_opening(cfg, peft_model, gate=object()) == (None, False)
+        params = [p for p in peft_model.parameters() if p.requires_grad]
         results = []
         for rows in (None, edited):
-            forward = Forward(peft_model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True, edited=rows)
+            forward = Forward(peft_model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True, edited=rows,
+                              opening_trains=trains)
             views = forward(groups)
             loss = sum(v.logits.logsumexp(-1).sum() for v in views.values()) + views["forget"].hidden.sum()
-            param.grad = None
+            for p in params:
+                p.grad = None
             loss.backward()
-            results.append((views, param.grad.clone()))
-        (plain, plain_grad), (cached, cached_grad) = results
-        assert plain_grad.abs().sum() > 0 and torch.allclose(plain_grad, cached_grad, atol=1e-5)
+            results.append((views, [p.grad.clone() for p in params]))
+        (plain, plain_grads), (cached, cached_grads) = results
+        assert sum(float(g.abs().sum()) for g in plain_grads) > 0
+        for plain_grad, cached_grad in zip(plain_grads, cached_grads):
+            assert torch.allclose(plain_grad, cached_grad, atol=1e-5)
         for name in groups:
             assert torch.allclose(plain[name].logits, cached[name].logits, atol=1e-5)
             assert torch.equal(plain[name].labels, cached[name].labels)
