@@ -1,5 +1,7 @@
 """The unlearning loop on a tiny random Llama: records, stopping, reproducibility, isolation."""
+import copy
 import os
+from contextlib import nullcontext
 from dataclasses import replace
 import threading
 
@@ -197,20 +199,23 @@ def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forwa
             assert views[name].hidden is None
 
 
-@pytest.mark.parametrize("adapter", ["subject", "lora"])
+@pytest.mark.parametrize("adapter", ["subject", "lora", "full"])
 def test_sharing_the_opening_tokens_gives_the_same_logits_states_and_gradients(lm, adapter):
     """The chat template's opening, run once and cached, must change nothing a loss sees: without a graph
-    for the subject adapter (its edited tokens are never in it), with one for a LoRA, whose weights every
-    token passes through; and an edited token in the opening ends the shared part before it."""
+    for the subject adapter (its edited tokens are never in it), with one for a LoRA or full fine-tuning,
+    whose weights every token passes through; and an edited token in the opening ends the shared part
+    before it."""
     cfg = config(adapter=adapter)
     facts = facts_from_records(FACTS)
     tokens = [lm.tokenizer(" France")["input_ids"][0]] if adapter == "subject" else []
-    with attached(lm, adapter_spec(cfg, lm.num_layers, tokens)) as adapted:
-        peft_model = adapted.model
-        data = build_training_data(lm, facts, ANCHORS, cfg, peft_model)
+    full = copy.deepcopy(lm.model).requires_grad_(True)
+    context = attached(lm, adapter_spec(cfg, lm.num_layers, tokens)) if adapter != "full" else nullcontext(None)
+    with context as adapted:
+        peft_model = adapted.model if adapted is not None else full
+        data = build_training_data(lm, facts, ANCHORS, cfg, adapted.model if adapted is not None else None)
         groups = {"target": data.target, "forget": data.forget, "anchor": data.anchor}
         batch = collate([s for rows in groups.values() for s in rows], lm.tokenizer.pad_token_id)
-        edited, trains = shared_opening(cfg, peft_model)
+        edited, trains = shared_opening(cfg, adapted.model if adapted is not None else None)
         assert (edited, trains) == ((frozenset(tokens), False) if adapter == "subject" else (frozenset(), True))
         assert shared_prefix_length(batch, edited) >= 10  # the system prompt and the user turn's opening
         assert shared_opening(config(adapter=adapter, gradient_checkpointing=True), peft_model) == (None, False)
