@@ -17,7 +17,7 @@ from lune_core.runner import RunResult, answer_with, run_unlearning
 from lune_core.losses import Needs, select_positions, top_k_logprobs
 from lune_core.models import load_model
 from lune_core.prompting import collate, encode_pair
-from lune_core.forward import MIN_SHARED_PREFIX, Forward, shared_prefix_length
+from lune_core.forward import MIN_SHARED_PREFIX, Forward, length_buckets, shared_prefix_length
 from lune_core.trainer import REFERENCE_BATCH, REFERENCE_TOP_K, _reference, lr_at, shared_opening, unlearn
 from tests.tiny import save_tiny_model, tiny_model
 
@@ -197,6 +197,45 @@ def test_forward_computes_logits_only_at_loss_positions_and_matches_a_full_forwa
             assert torch.allclose(views[name].hidden, full.hidden, atol=1e-5)
         else:
             assert views[name].hidden is None
+
+
+def test_length_buckets_split_only_where_the_padding_saved_outweighs_a_pass():
+    assert length_buckets([40] * 20) == [list(range(20))]  # nothing to save
+    assert length_buckets([]) == []
+    lengths = [20, 300, 22, 21, 310, 19] * 3
+    buckets = length_buckets(lengths)
+    assert [sorted({lengths[i] for i in b}) for b in buckets] == [[19, 20, 21, 22], [300, 310]]
+    assert all(b == sorted(b) for b in buckets) and len(length_buckets(lengths, most=1)) == 1
+
+
+def test_rows_of_very_different_lengths_run_in_buckets_and_come_back_in_their_order(lm):
+    """Rows far apart in length run in passes of their own (less padding); every view is as one pass gives it."""
+    facts = facts_from_records(FACTS)
+    data = build_training_data(lm, facts, ANCHORS, config())
+    long = encode_pair(lm.tokenizer, "Describe, word by word, " + "a long and winding road " * 30, "A road.",
+                       loss_span=(0, 7))
+    groups = {"target": data.target, "forget": data.forget, "anchor": [data.anchor[0], long, *data.anchor[1:]]}
+    rows = [s for seqs in groups.values() for s in seqs]
+    buckets = length_buckets([len(ids) for ids, _ in rows])
+    assert len(buckets) > 1 and sorted(i for b in buckets for i in b) == list(range(len(rows)))
+    model = copy.deepcopy(lm.model).requires_grad_(True)
+    results = []
+    for split in (True, False):
+        views = Forward(model, "cpu", lm.tokenizer.pad_token_id, layer=1, with_hidden=True)(groups) if split else {
+            name: select_positions(out.logits, batch.labels, out.hidden_states[2] if name == "forget" else None)
+            for name, batch in ((n, collate(r, lm.tokenizer.pad_token_id)) for n, r in groups.items())
+            for out in [model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              output_hidden_states=True)]}
+        loss = sum(v.logits.logsumexp(-1).sum() for v in views.values()) + views["forget"].hidden.sum()
+        model.zero_grad()
+        loss.backward()
+        results.append((views, [p.grad.clone() for p in model.parameters()]))
+    (split, split_grads), (whole, whole_grads) = results
+    for name in groups:
+        assert torch.allclose(split[name].logits, whole[name].logits, atol=1e-5)
+        assert torch.equal(split[name].labels, whole[name].labels) and torch.equal(split[name].rows, whole[name].rows)
+    assert torch.allclose(split["forget"].hidden, whole["forget"].hidden, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(split_grads, whole_grads))
 
 
 @pytest.mark.parametrize("adapter", ["subject", "lora", "full"])
