@@ -1,10 +1,12 @@
 """The classroom journey's waits, through the real app (gradio_client), as a teacher clicks it.
 
-    python bench/journey.py              # starts `python app.py` itself; about 5 minutes on a 2-core CPU
+    python bench/journey.py              # starts `python app.py` itself; about 15 minutes on a 2-core CPU
     python bench/journey.py --url URL    # an app already running
 
 Steps: load the embedded model, preview a preset's facts (what the base says), Unlearn with the
-defaults until Compare is filled, one asked prompt (before and after), the robustness check. Each
+defaults until Compare is filled, one asked prompt (before and after), the robustness check; then
+the command line, `python -m lune_core run` on 3 and on 10 of the preset's facts with 24 general
+questions (model loading included). Each
 wait is set against its target and against the arithmetic bound of its tokens: 2 x parameters x
 tokens processed, over this CPU's measured fp32 matmul rate (what no implementation on this
 machine can beat; a 4-bit model pays more, for dequantizing). Writes docs/journey.md and splices it
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +34,15 @@ from lune_web.forms import FACT_COLUMNS, preset_rows  # noqa: E402
 from lune_web.reliability.app_server import serve_app  # noqa: E402
 
 PRESET, FACTS = "capitals", 2  # the lesson plan's preset and count
-TARGETS = {"load": None, "preview": 10.0, "unlearn": 45.0, "ask": 3.0, "robustness": 60.0}
+CLI_FACTS, CLI_GENERAL = (3, 10), 24  # the command-line runs: facts of the preset, general questions
+TARGETS = {"load": None, "preview": 10.0, "unlearn": 45.0, "ask": 3.0, "robustness": 60.0, "cli_3": 25.0,
+           "cli_10": 75.0}
 NAMES = {"load": "load the embedded model", "preview": f"preset preview ({FACTS} facts: what the base says)",
          "unlearn": "preset → Unlearn → Compare filled (defaults)", "ask": "an asked prompt, before and after",
-         "robustness": "robustness check (relearning, re-quantizing)"}
+         "robustness": "robustness check (relearning, re-quantizing)",
+         **{f"cli_{n}": f"command line: {n} facts, {CLI_GENERAL} general questions" for n in CLI_FACTS}}
 SETTINGS = ("lune", "lora", 30, "", 8, "", 0, 32, True, 8)  # the page's defaults, in /unlearn's order
+ROW_TOKENS = 23  # a training row past the chat template's opening, on average (the lesson's rows, measured)
 MARK_BEGIN, MARK_END = "<!-- journey: bench/journey.py -->", "<!-- /journey -->"
 
 
@@ -89,7 +96,21 @@ def run(url: str | None) -> dict:
         files, _ = client.predict(api_name="/export")
         report = json.loads(Path(next(f for f in files if f.endswith(".json"))).read_text())
     extra.update(report=report, question=question, before=before, after=after)
+    for n in CLI_FACTS:
+        extra[f"cli_{n}"], waits[f"cli_{n}"] = timed(lambda: command_line_run(n))
     return {"waits": waits, **extra}
+
+
+def command_line_run(n: int) -> dict:
+    """`python -m lune_core run` on the first n facts of the preset, in a process of its own: its report."""
+    folder = Path(tempfile.mkdtemp(prefix="lune-journey-cli-"))
+    facts = folder / "facts.jsonl"
+    facts.write_text("".join(json.dumps(dict(zip(("question", "answer", "replacement"), row[:3]))) + "\n"
+                             for row in preset_rows(PRESET, RunLimits())[:n]), encoding="utf-8")
+    out = folder / "report.json"
+    subprocess.run([sys.executable, "-m", "lune_core", "run", "--facts", str(facts), "--general-limit",
+                    str(CLI_GENERAL), "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    return json.loads(out.read_text(encoding="utf-8"))
 
 
 def bounds(result: dict) -> dict:
@@ -98,20 +119,25 @@ def bounds(result: dict) -> dict:
 
     lm = load_model("embedded", quantize=False, device="cpu")
     params, rate = lm.total_params, matmul_rate()
-    report = result["report"]
-    probes = report["probes"]
-    prompts = [p["prompt"] for p in probes]
-    facts = [p for p in probes if p["kind"] == "forget"]
-    generated = token_count(lm.tokenizer, prompts, [p["before"] for p in probes]) + token_count(
-        lm.tokenizer, prompts, [p["after"] for p in probes])
-    steps = report["metrics"]["steps_run"]
-    # a step: forward and backward (about 3 forwards) over the targets, answers and 8 KL rows, ~60 tokens each
-    train = steps * 3 * (2 * len(report["facts"]) + 8) * 60
+    facts = [p for p in result["report"]["probes"] if p["kind"] == "forget"]
     flops = lambda tokens: 2 * params * tokens / rate  # noqa: E731
     return {"rate": rate, "params": params,
             "preview": flops(token_count(lm.tokenizer, [p["prompt"] for p in facts], [p["before"] for p in facts])),
-            "unlearn": flops(generated + train),
-            "ask": flops(2 * token_count(lm.tokenizer, [result["question"]], [result["after"]]))}
+            "unlearn": flops(run_tokens(lm.tokenizer, result["report"])),
+            "ask": flops(2 * token_count(lm.tokenizer, [result["question"]], [result["after"]])),
+            **{f"cli_{n}": flops(run_tokens(lm.tokenizer, result[f"cli_{n}"])) for n in CLI_FACTS}}
+
+
+def run_tokens(tokenizer, report: dict) -> int:
+    """Tokens a run processes at least: every probe answered before and after, and each step's forward and
+    backward (about 3 forwards) over its rows (a target and an answer per fact, the answer holds, the anchors;
+    ROW_TOKENS each, past the opening they share)."""
+    probes, config = report["probes"], report["config"]
+    prompts = [p["prompt"] for p in probes]
+    asked = sum(token_count(tokenizer, prompts, [p[when] for p in probes]) for when in ("before", "after"))
+    rows = (2 + config["answer_holds"]) * len(report["facts"]) + config["anchors_per_step"]
+    return asked + report["metrics"]["steps_run"] * 3 * rows * ROW_TOKENS
+
 
 
 def table(result: dict, bound: dict, note: str) -> str:
@@ -130,10 +156,15 @@ def table(result: dict, bound: dict, note: str) -> str:
         ratio = "–" if not b else (f"{wait / b:.1f}× (stored answers)" if wait < b else f"{wait / b:.1f}×")
         lines.append(f"| {name} | {wait:.1f} | {target if target else '–'} | {met} | "
                      f"{f'{b:.2f}' if b else '–'} | {ratio} |")
-    m = result["report"]["metrics"]
-    lines += ["", f"The run: {len(result['report']['facts'])} facts, {m['steps_run']} steps, "
-              f"{len(result['report']['probes'])} probes asked before and after, train {m['train_seconds']} s of a "
-              f"{result['report']['wall_seconds']} s run.", MARK_END]
+    lines.append("")
+    for key, what in (("report", "The page's run"), *((f"cli_{n}", f"The command line's {n}-fact run")
+                                                      for n in CLI_FACTS)):
+        report = result[key]
+        m = report["metrics"]
+        lines.append(f"- {what}: {len(report['facts'])} facts, {m['steps_run']} steps, {len(report['probes'])} "
+                     f"probes asked before and after, train {m['train_seconds']} s of a {report['wall_seconds']} s "
+                     "run.")
+    lines.append(MARK_END)
     return "\n".join(lines) + "\n"
 
 
