@@ -6,11 +6,10 @@
 Steps: load the embedded model, preview a preset's facts (what the base says), Unlearn with the
 defaults until Compare is filled, one asked prompt (before and after), the robustness check; then
 the command line, `python -m lune_core run` on 3 and on 10 of the preset's facts with 24 general
-questions (model loading included). Each
-wait is set against its target and against the arithmetic bound of its tokens: 2 x parameters x
-tokens processed, over this CPU's measured fp32 matmul rate (what no implementation on this
-machine can beat; a 4-bit model pays more, for dequantizing). Writes docs/journey.md and splices it
-into docs/benchmarks.md.
+questions (model loading included). Each wait is set against its target and against the arithmetic
+bound of its tokens: 2 x parameters x tokens processed, over this CPU's measured fp32 matmul rate (what
+no implementation on this machine can beat; a 4-bit model pays more, for dequantizing). Writes
+docs/journey.md, its only output; bench/run_bench.py copies it into docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -168,16 +167,6 @@ def table(result: dict, bound: dict, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def splice(path: Path, block: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if MARK_BEGIN in text:
-        start, end = text.index(MARK_BEGIN), text.index(MARK_END) + len(MARK_END)
-        text = text[:start] + block.rstrip("\n") + text[end:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text, encoding="utf-8")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an app already running (default: start python app.py)")
@@ -186,7 +175,6 @@ def main() -> int:
     result = run(args.url)
     block = table(result, bounds(result), args.note)
     (ROOT / "docs" / "journey.md").write_text(block, encoding="utf-8")
-    splice(ROOT / "docs" / "benchmarks.md", block)
     print(block)
     return 0
 
