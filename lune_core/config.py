@@ -160,8 +160,8 @@ class SimNPOSettings:
 class UnlearnConfig(SimNPOSettings, NPOSettings, SuppressSettings, GateSettings, NegativeSettings, RetainSettings,
                     LoraSettings, RunSettings):
     """Settings of one unlearning run: every group, the run's first (dataclasses take fields from the last base
-    first). Frozen: validated once, then passed as it is. Defaults make a 1-3 fact run on SmolLM2-135M succeed
-    untuned."""
+    first). Frozen: nothing changes it on its way from the page or the command line to the trainer. Defaults
+    make a 1-3 fact run on SmolLM2-135M succeed untuned."""
 
     def to_dict(self) -> dict:
         return asdict(self)

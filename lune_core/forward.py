@@ -1,5 +1,6 @@
-"""One padded forward pass over the rows a loss needs, split back into per-group views: the one
-place that asks the model for logits (and hidden states) at the positions that carry loss."""
+"""The padded forward over the rows a loss needs (one pass, or a few by length, sharing the rows' common
+opening), split back into per-group views: the one place that asks the model for logits (and hidden
+states) at the positions that carry loss."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -11,13 +12,15 @@ from .prompting import IGNORE, TokenBatch, collate
 
 # Below this many shared opening tokens, a separate pass for them saves less than it costs.
 MIN_SHARED_PREFIX = 4
-# What one more padded pass costs, in tokens of work (length_buckets); measured on the embedded 4-bit model.
+# What one more padded pass costs, in tokens of work (length_buckets): every 4-bit weight unpacked once more.
+# A round figure, not tuned; with it the training of 3 heldout facts went from 80 to 61 s (benchmarks_notes).
 PASS_TOKENS = 128
 
 
 class Forward:
-    """One padded forward over every group a method needs, split back into Selected views: the one
-    place that asks the model for logits (and the suppression layer's states) at loss positions.
+    """A padded forward over every group a method needs (one pass, or a few by length), split back into
+    Selected views: the one place that asks the model for logits (and the suppression layer's states) at
+    loss positions.
 
     `edited`: the tokens every row opens with (the chat template's system prompt, half of a short row) are
     run once, up to the first of these tokens, and every row continues from their cached keys and values:
