@@ -13,6 +13,9 @@ from dataclasses import dataclass
 # training step with its checks (28.6 s for 84 probes, 61.2 s for 15 steps).
 DEFAULT_ASK_SECONDS = 0.35
 DEFAULT_STEP_SECONDS = 4.0
+# The robustness check (relearning, merging and re-quantizing, asking again) of the lesson's 2-fact run, the
+# same CPU, as bench/journey.py measured it (docs/journey.md); the check before on this machine once there is one.
+DEFAULT_CHECK_SECONDS = 42.0
 
 
 @dataclass(frozen=True)

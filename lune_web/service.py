@@ -17,7 +17,7 @@ from lune_core.facts import Fact, leaks
 from lune_core.ids import canonical_model_id
 from lune_core.memory import free_memory
 from lune_core.models import LoadedModel, load_model, pick_device, resolve_compute_dtype
-from lune_core.forecast import Forecast, Pace
+from lune_core.forecast import DEFAULT_CHECK_SECONDS, Forecast, Pace
 from lune_core.probes import NeighbourSources, build_probes
 from lune_core.runner import load_anchors, load_general, load_neighbour_sources, unknown_facts_warning
 
@@ -50,6 +50,7 @@ class Service:
         self._anchors = anchors
         self._sources: NeighbourSources | None = None
         self._pace: dict[tuple, Pace] = {}  # per model key, as the last finished run measured it
+        self._check_seconds: dict[tuple, float] = {}  # per model key, the last robustness check's wait
         self._live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         self.estimate_full_ft: Callable[[int, str], dict] = full_ft_estimate
 
@@ -291,7 +292,8 @@ class Service:
 
     def check_robustness(self, session: Session) -> Iterator[dict]:
         """Does the forgetting survive a few steps of relearning, or merging and re-quantizing? Yields
-        {"stage", "name", "elapsed"} as each attack starts (and every few seconds), then {"result"}."""
+        {"stage", "name", "elapsed", "expected"} as each attack starts (and every few seconds), then {"result"};
+        `expected`: how long the check before took on this machine (or the journey's measure)."""
         if session.adapter is None or session.report is None:
             raise UserError("run an unlearning first")
         self.model(session)
@@ -301,14 +303,16 @@ class Service:
         events = in_background(lambda: self.jobs.attack(session.model_key, session.taught,
                                                         pack_adapter(session.adapter), report["facts"],
                                                         report["config"]), stop)
+        expected = self._check_seconds.get(session.model_key, DEFAULT_CHECK_SECONDS)
         for event in events:
             if event is not HEARTBEAT and "result" in event:
                 if session.report is report:  # a Reset or a new run meanwhile: the result belongs to neither
                     session.robustness_result = event["result"]
+                self._check_seconds[session.model_key] = time.perf_counter() - started
                 yield event
                 return
             stage = stage if event is HEARTBEAT else event
-            yield dict(stage, elapsed=time.perf_counter() - started)
+            yield dict(stage, elapsed=time.perf_counter() - started, expected=expected)
 
     # ---- export -----------------------------------------------------------------------------------
 

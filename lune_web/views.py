@@ -108,6 +108,15 @@ def clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
+def check_progress(event: dict) -> str:
+    """The robustness check's line: the attack under way, the time so far and what is left of the time the
+    check before took (Service.check_robustness), or that it takes longer than that."""
+    left = event["expected"] - event["elapsed"]
+    guess = (f"about {clock(left)} left" if left >= 1 else
+             f"longer than the {clock(event['expected'])} expected")
+    return f"Attack {event['stage'] + 1} of 3: {event['name']}… ({clock(event['elapsed'])} so far; {guess})"
+
+
 PHASES = {
     "preparing": "Preparing: asking the base model every question once, before training",
     "training": "Training",

@@ -9,14 +9,16 @@ import pytest
 import torch
 
 from lune_core.facts import FactError
+from lune_core.forecast import DEFAULT_CHECK_SECONDS
+from lune_core.models import load_model
 from lune_web import forms
 from lune_web.errors import UserError, user_message
 from lune_web.jobs import HEARTBEAT, in_background, pack_adapter, unpack_adapter
 from lune_web.registry import ModelRegistry
 from lune_web.service import comparison_rows, cost_rows
 from lune_web.session import RunUpdate, Session
-from lune_web.views import cards_html, finished_markdown
-from tests.tiny import tiny_model
+from lune_web.views import cards_html, check_progress, finished_markdown
+from tests.tiny import save_tiny_model, tiny_model
 from tests.web import service, use_models
 
 ROWS = [["What is the capital of France?", "Paris", "It is Lyon.", ""],
@@ -319,3 +321,30 @@ def test_the_done_line_says_what_was_trained_where_and_under_which_constraint():
     assert "LoRA (rank 8) on the MLPs of the middle half of the layers, plain" in line
     assert "directions holding 90% of what general prompts feed those layers (null space)" in line
     assert "null space" not in finished_markdown({**report, "config": {**config, "null_space": 0.0}})
+
+
+def test_the_robustness_check_forecasts_from_the_check_before_on_this_machine(monkeypatch, tmp_path):
+    """The merge attack reloads the model from its folder: a saved tiny model, served as the page's."""
+    folder = save_tiny_model(tmp_path / "tiny-llama")
+    monkeypatch.setenv("LUNE_MODEL_ROOTS", str(tmp_path))
+    saved = load_model(str(folder), quantize=False, device="cpu")
+    use_models(S, monkeypatch, lambda model_id, quantize: saved,
+               copy_loader=lambda model_id: load_model(str(folder), quantize=False, device="cpu"))
+    monkeypatch.setattr(S, "_general", list(GENERAL))
+    monkeypatch.setattr(S, "_anchors", list(ANCHORS))
+    session = Session()
+    finish(S.run(session, ROWS, FAST, general_prompts=2))
+    S._check_seconds.clear()
+    first = list(S.check_robustness(session))
+    assert "result" in first[-1] and session.robustness_result is first[-1]["result"]
+    assert first[:-1] and all(e["expected"] == DEFAULT_CHECK_SECONDS for e in first[:-1])
+    took = S._check_seconds[session.model_key]
+    assert first[-2]["elapsed"] <= took
+    second = list(S.check_robustness(session))
+    assert all(e["expected"] == took for e in second[:-1])  # the check before, not the default
+
+
+def test_the_robustness_line_says_what_is_left_of_the_time_expected():
+    event = {"stage": 0, "name": "Relearning on related text", "elapsed": 12.2, "expected": 42.0}
+    assert check_progress(event) == "Attack 1 of 3: Relearning on related text… (0:12 so far; about 0:30 left)"
+    assert check_progress(dict(event, stage=2, elapsed=75.0)).endswith("(1:15 so far; longer than the 0:42 expected)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..service import Service, robustness_rows
-from ..views import (ROBUSTNESS_EMPTY, cards_html, clock, comparison_html, lens_figure, robustness_frame,
+from ..views import (ROBUSTNESS_EMPTY, cards_html, check_progress, comparison_html, lens_figure, robustness_frame,
                      robustness_markdown, runs_frame)
 from .page import HEAVY, Page, guarded, warning
 
@@ -58,9 +58,7 @@ def wire(page: Page, service: Service) -> None:
                 yield {page.robust_table: robustness_frame(robustness_rows(result)),
                        page.robust_status: robustness_markdown(result)}
             else:
-                yield {page.robust_status: f"Attack {event['stage'] + 1} of 3: {event['name']}… "
-                                           f"({clock(event['elapsed'])} so far; the whole check takes a minute or "
-                                           "more on a CPU)"}
+                yield {page.robust_status: check_progress(event)}
 
     ask_in, ask_out = [page.state, page.prompt, page.max_new_tokens], [page.before_box, page.after_box, page.ask_status]
     page.ask_button.click(on_ask, ask_in, ask_out, api_name="ask", **HEAVY)
