@@ -16,6 +16,9 @@ DEFAULT_STEP_SECONDS = 4.0
 # The robustness check (relearning, merging and re-quantizing, asking again) of the lesson's 2-fact run, the
 # same CPU, as bench/journey.py measured it (docs/journey.md); the check before on this machine once there is one.
 DEFAULT_CHECK_SECONDS = 42.0
+# The privacy lesson's merge of the taught LoRA into the weights and their re-quantizing: 7.5 and 9.9 s on
+# this CPU beside a test suite (the embedded model); the merge before on this machine once there is one.
+DEFAULT_MERGE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from lune_core.facts import Fact, leaks
 from lune_core.ids import canonical_model_id
 from lune_core.memory import free_memory
 from lune_core.models import LoadedModel, load_model, pick_device, resolve_compute_dtype
-from lune_core.forecast import DEFAULT_CHECK_SECONDS, Forecast, Pace
+from lune_core.forecast import DEFAULT_CHECK_SECONDS, DEFAULT_MERGE_SECONDS, Forecast, Pace
 from lune_core.probes import NeighbourSources, build_probes
 from lune_core.runner import load_anchors, load_general, load_neighbour_sources, unknown_facts_warning
 
@@ -51,6 +51,7 @@ class Service:
         self._sources: NeighbourSources | None = None
         self._pace: dict[tuple, Pace] = {}  # per model key, as the last finished run measured it
         self._check_seconds: dict[tuple, float] = {}  # per model key, the last robustness check's wait
+        self._merge_seconds: dict[tuple, float] = {}  # per model key, the last taught model's merge
         self._live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
         self.estimate_full_ft: Callable[[int, str], dict] = full_ft_estimate
 
@@ -221,8 +222,17 @@ class Service:
             s.clear_results()
             s.taught = event["taught"]
 
-        yield from self._stream(session, lambda stop: self.jobs.teach(*args, stop), store, session.taught_history,
-                                TEACH_PHASES)
+        # The merge follows the last step: what is left of it is foreseen from the merge before on this machine.
+        expected, last_step, trained = self._merge_seconds.get(session.model_key, DEFAULT_MERGE_SECONDS), None, 0.0
+        for update in self._stream(session, lambda stop: self.jobs.teach(*args, stop), store, session.taught_history,
+                                   TEACH_PHASES):
+            if update.step is not None and update.step is not last_step:  # a new step, not a heartbeat
+                last_step, trained = update.step, update.elapsed
+            if update.phase == "merging":
+                update.left = max(0.0, expected - (update.elapsed - trained))
+            elif update.done and last_step is not None and session.taught is not None:
+                self._merge_seconds[session.model_key] = update.elapsed - trained
+            yield update
 
     def drop_taught(self, session: Session) -> None:
         """Back to the shared base model: the taught facts and everything measured on them go."""

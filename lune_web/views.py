@@ -122,7 +122,7 @@ PHASES = {
     "training": "Training",
     "preparing teach": "Preparing: asking the base model the neutral questions the teaching holds",
     "teaching": "Teaching the model the facts",
-    "merging": "Merging what was taught into the weights and quantizing them again (about half a minute)",
+    "merging": "Merging what was taught into the weights and quantizing them again",
     "evaluating": "Evaluating: asking every question again, now with the adapter",
     "done": "Done",
 }
@@ -141,7 +141,8 @@ def progress_markdown(update: RunUpdate) -> str:
     if update.left is not None and not update.done:
         what = {"preparing": f"asking all {update.asking} questions, training, asking them again",
                 "training": f"the steps left at most, then asking all {update.asking} questions again",
-                "evaluating": f"asking all {update.asking} questions again"}.get(update.phase, "")
+                "evaluating": f"asking all {update.asking} questions again",
+                "merging": "merging and quantizing again"}.get(update.phase, "")
         line += f"  \nabout **{clock(update.left)} left** in all ({what})"
     if update.notice:
         line += f"  \n⚠️ {text(update.notice)}"

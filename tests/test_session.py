@@ -17,7 +17,7 @@ from lune_web.jobs import HEARTBEAT, in_background, pack_adapter, unpack_adapter
 from lune_web.registry import ModelRegistry
 from lune_web.service import comparison_rows, cost_rows
 from lune_web.session import RunUpdate, Session
-from lune_web.views import cards_html, check_progress, finished_markdown
+from lune_web.views import cards_html, check_progress, finished_markdown, progress_markdown
 from tests.tiny import save_tiny_model, tiny_model
 from tests.web import service, use_models
 
@@ -348,3 +348,6 @@ def test_the_robustness_line_says_what_is_left_of_the_time_expected():
     event = {"stage": 0, "name": "Relearning on related text", "elapsed": 12.2, "expected": 42.0}
     assert check_progress(event) == "Attack 1 of 3: Relearning on related text… (0:12 so far; about 0:30 left)"
     assert check_progress(dict(event, stage=2, elapsed=75.0)).endswith("(1:15 so far; longer than the 0:42 expected)")
+    merging = progress_markdown(RunUpdate("merging", 61.0, left=6.4))
+    assert merging.startswith("**Merging what was taught") and "about **0:06 left** in all (merging and quantizing" \
+        " again)" in merging

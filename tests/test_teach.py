@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lune_core.facts import leaks
+from lune_core.forecast import DEFAULT_MERGE_SECONDS
 from lune_web.errors import UserError
 from lune_web.session import Session
 from tests.web import service, tiny_model_folder
@@ -45,6 +46,11 @@ def test_teaching_streams_steps_then_leaves_the_page_a_taught_model(taught):
     said = S.preview(alice, [FACT], 8)[0]
     assert said["known"] and leaks(said["base_answer"], "Tromsø"), said
     assert not leaks(before, "Tromsø")
+    # the merge after the last step is timed, and the next teach on this machine is foreseen from it
+    merged = S._merge_seconds[alice.model_key]
+    assert 0 < merged <= updates[-1].elapsed
+    merging = [u for u in updates if u.phase == "merging"]
+    assert all(0 <= u.left <= DEFAULT_MERGE_SECONDS for u in merging)
 
 
 def test_other_pages_keep_the_shared_base(taught):
