@@ -22,7 +22,7 @@ SHOTS = Path(os.environ.get("LUNE_SCREENSHOTS") or Path(tempfile.gettempdir()) /
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-RUN_TIMEOUT_MS = 15 * 60 * 1000  # a shared 2-core CPU; usually 2-5 minutes
+RUN_TIMEOUT_MS = 25 * 60 * 1000  # a shared 2-core CPU; usually 2-8 minutes, 15+ beside another suite
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")]
